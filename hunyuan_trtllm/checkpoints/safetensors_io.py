@@ -1,0 +1,215 @@
+"""Streaming safetensors: read headers without loading data, write files tensor by tensor, atomically.
+
+A safetensors file is ``u64 header_len | JSON header | data``; the header gives every tensor's dtype, shape and
+byte range. Because the converter knows every output tensor's shape before reading any weight, it writes the
+header first and then each tensor at its offset (``pwrite``), in any order, from any worker process, holding one
+tensor (or one expert of one tensor) in memory at a time. Files are written as ``.NAME.partial`` and renamed
+into place only when complete, so a half-written file never looks like a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hunyuan_trtllm.errors import CheckpointError
+
+DTYPE_CODES: dict[torch.dtype, str] = {
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.int32: "I32",
+    torch.int64: "I64",
+    torch.bool: "BOOL",
+}
+TORCH_DTYPES: dict[str, torch.dtype] = {code: dtype for dtype, code in DTYPE_CODES.items()}
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp8": torch.float8_e4m3fn,
+}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def dtype_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives in a safetensors file."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # byte offset from the start of the data section
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    path: Path
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    data_start: int  # absolute file offset of the data section
+    raw: bytes  # the header bytes as stored (hashed into manifests)
+
+
+def read_header(path: Path) -> FileHeader:
+    """Parse and validate a safetensors header; a truncated or corrupt file raises :class:`CheckpointError`."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+                raise CheckpointError(f"{path}: truncated or corrupt safetensors header")
+            raw = f.read(header_len)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file is missing") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
+    metadata = header.pop("__metadata__", None) or {}
+    tensors: dict[str, TensorInfo] = {}
+    data_len = size - 8 - header_len
+    for name, entry in header.items():
+        try:
+            dtype = TORCH_DTYPES[entry["dtype"]]
+            shape = tuple(int(s) for s in entry["shape"])
+            begin, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor '{name}' has an unsupported or corrupt header entry") from None
+        if end - begin != math.prod(shape) * dtype_size(dtype):
+            raise CheckpointError(f"{path}: tensor '{name}' byte range does not match its shape")
+        if end > data_len:
+            raise CheckpointError(
+                f"{path}: truncated: tensor '{name}' ends at byte {end} but the data section has {data_len}"
+            )
+        tensors[name] = TensorInfo(name, dtype, shape, begin, end)
+    return FileHeader(path, tensors, metadata, 8 + header_len, raw)
+
+
+@dataclass(frozen=True)
+class OutputEntry:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * dtype_size(self.dtype)
+
+
+@dataclass(frozen=True)
+class FileLayout:
+    """The planned header and byte offsets of a safetensors file that is about to be written."""
+
+    header: bytes  # u64 length prefix + padded JSON
+    offsets: dict[str, int]  # absolute file offset of each tensor's first byte
+    total_size: int
+
+    def offset(self, name: str) -> int:
+        return self.offsets[name]
+
+
+def plan_file(entries: Iterable[OutputEntry], metadata: dict[str, str] | None = None) -> FileLayout:
+    """Lay out tensors in the given order and build the header that describes them."""
+    header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
+    relative: dict[str, int] = {}
+    cursor = 0
+    for entry in entries:
+        header[entry.name] = {
+            "dtype": DTYPE_CODES[entry.dtype],
+            "shape": list(entry.shape),
+            "data_offsets": [cursor, cursor + entry.nbytes],
+        }
+        relative[entry.name] = cursor
+        cursor += entry.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # safetensors pads the header to 8-byte alignment
+    prefix = struct.pack("<Q", len(blob)) + blob
+    offsets = {name: len(prefix) + rel for name, rel in relative.items()}
+    return FileLayout(prefix, offsets, len(prefix) + cursor)
+
+
+def partial_path(final: Path) -> Path:
+    """The temporary name a file has while it is being written."""
+    return final.with_name(f".{final.name}.partial")
+
+
+def create_partial(final: Path, layout: FileLayout) -> Path:
+    """Create the partial file at its full size with the header written; tensors are then pwritten."""
+    tmp = partial_path(final)
+    with tmp.open("wb") as f:
+        f.write(layout.header)
+        f.truncate(layout.total_size)
+    return tmp
+
+
+def pwrite_tensor(fd: int, offset: int, tensor: torch.Tensor) -> int:
+    """Write a tensor's raw bytes at an absolute file offset; returns the bytes written."""
+    data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+    view = memoryview(data)
+    written = 0
+    while written < len(view):
+        written += os.pwrite(fd, view[written:], offset + written)
+    return written
+
+
+def finish_partial(final: Path) -> None:
+    """fsync the partial file and atomically rename it to its final name."""
+    tmp = partial_path(final)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a small text file (config.json, manifest.json) via temp file + rename."""
+    tmp = partial_path(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_file_streaming(path: Path, tensors: Iterable[tuple[str, torch.Tensor]], entries: list[OutputEntry]) -> None:
+    """Write a safetensors file whose layout is known up front, consuming tensors one at a time."""
+    layout = plan_file(entries)
+    create_partial(path, layout)
+    fd = os.open(partial_path(path), os.O_WRONLY)
+    try:
+        by_name = {e.name: e for e in entries}
+        for name, tensor in tensors:
+            expected = by_name[name]
+            if tuple(tensor.shape) != expected.shape or tensor.dtype != expected.dtype:
+                raise ValueError(f"{name}: got {tuple(tensor.shape)} {tensor.dtype}, planned {expected}")
+            pwrite_tensor(fd, layout.offset(name), tensor)
+    except BaseException:
+        os.close(fd)
+        partial_path(path).unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    finish_partial(path)

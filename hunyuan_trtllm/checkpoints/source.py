@@ -1,0 +1,327 @@
+"""SourceCheckpoint: a Hugging Face Hunyuan checkpoint on disk, read by *logical* tensor name.
+
+The weight plan speaks of logical tensors (``model.layers.3.self_attn.k_proj.weight`` rows 16..32). Real
+checkpoints store them in one of several physical layouts (design note 8), described here as data:
+
+- separate ``q_proj``/``k_proj``/``v_proj`` and ``gate_proj``/``up_proj`` (A13B, the golden fixtures);
+- a fused ``self_attn.qkv_proj.weight`` whose rows are interleaved per KV group
+  (``[n_kv, n_q/n_kv + 2, head_dim, hidden]``: group g's q heads, then k_g, then v_g);
+- a fused ``*.gate_and_up_proj.weight`` = ``cat(up, gate)`` (up half first, as vLLM and mlx-lm load it);
+- transformers-5 fused experts ``mlp.experts.gate_up_proj [E, 2I, H]`` (gate first) and
+  ``mlp.experts.down_proj [E, H, I]``.
+
+:meth:`SourceCheckpoint.read` resolves a logical row/column range to the physical slices that hold it and reads
+only those bytes (``pread`` of the rows it needs; columns are cut from those rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hunyuan_trtllm.checkpoints.safetensors_io import FileHeader, TensorInfo, read_header
+from hunyuan_trtllm.checkpoints.spec import ModelSpec, load_config, parse_spec
+from hunyuan_trtllm.errors import CheckpointError, UserError
+
+Range = tuple[int, int]
+HF_ALLOW_PATTERNS = ["*.json", "*.safetensors", "hy.tiktoken", "tokenizer*", "*.txt", "Notice*", "LICENSE*"]
+
+
+@dataclass(frozen=True)
+class Read:
+    """A logical slice of a Hugging Face tensor: ``name[rows, cols]`` (None means the whole dimension)."""
+
+    name: str
+    rows: Range | None = None
+    cols: Range | None = None
+
+
+@dataclass(frozen=True)
+class PhysicalRead:
+    """A slice of a tensor as it is stored: ``name[index..., rows, cols]``."""
+
+    name: str
+    index: tuple[int, ...] = ()
+    rows: Range | None = None
+    cols: Range | None = None
+
+
+def resolve_model(model: str, patterns: list[str] | None = None) -> Path:
+    """A local directory, or a Hugging Face repo id downloaded (only the files we need) into the HF cache.
+
+    Honours ``HF_HUB_OFFLINE`` and the local cache through huggingface_hub.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UserError(f"{model}: not a directory (MODEL is a checkpoint directory or a Hugging Face repo id)")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+        raise UserError(f"{model}: no such directory, and not a Hugging Face repo id (owner/name)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model, allow_patterns=patterns or HF_ALLOW_PATTERNS))
+    except LocalEntryNotFoundError:
+        raise UserError(f"{model}: not in the local Hugging Face cache and the hub is unreachable or offline") from None
+    except HfHubHTTPError as exc:
+        raise UserError(f"{model}: Hugging Face download failed ({exc.__class__.__name__})") from None
+
+
+class SourceCheckpoint:
+    """A Hunyuan checkpoint directory: config, spec (reconciled with the tensors on disk) and tensor index."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.config = load_config(path / "config.json")
+        self.files = _find_weight_files(path)
+        self.headers: dict[Path, FileHeader] = {f: read_header(f) for f in self.files}
+        self.tensors: dict[str, tuple[Path, TensorInfo]] = {}
+        for file, header in self.headers.items():
+            for name, info in header.tensors.items():
+                self.tensors.setdefault(name, (file, info))
+        self._check_index()
+        self._fds: dict[Path, int] = {}
+        # The fused-qkv layout needs head counts, so the config's spec is used until shapes are reconciled.
+        self.spec: ModelSpec = parse_spec(self.config, str(path / "config.json"))
+        self.spec = _reconcile(self.spec, self)
+
+    # ---- logical reads ------------------------------------------------------------------------------------
+    def has(self, name: str) -> bool:
+        """Whether a tensor is stored under exactly this name."""
+        return name in self.tensors
+
+    def has_logical(self, name: str) -> bool:
+        """Whether a logical tensor can be read, in whatever layout it is stored."""
+        try:
+            self.resolve(Read(name))
+        except CheckpointError:
+            return False
+        return True
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Logical shape of a tensor, whatever its physical layout."""
+        pieces = self.resolve(Read(name))
+        rows = sum(_extent(p.rows, self._phys_shape(p)[len(p.index)]) for p in pieces)
+        phys = self._phys_shape(pieces[0])[len(pieces[0].index) :]
+        return (rows, *phys[1:]) if phys[1:] else (rows,)
+
+    def read(self, read: Read) -> torch.Tensor:
+        """Read a logical slice (only the bytes it needs)."""
+        parts = [self._read_physical(p) for p in self.resolve(read)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+    def get(self, name: str) -> torch.Tensor:
+        """A whole logical tensor (for references and tests on small models)."""
+        return self.read(Read(name))
+
+    def resolve(self, read: Read) -> list[PhysicalRead]:
+        """Map a logical slice to the stored slices that hold it, in row order."""
+        if read.name in self.tensors:
+            return [PhysicalRead(read.name, (), read.rows, read.cols)]
+        for rule in _FUSED_RULES:
+            pieces = rule(self, read)
+            if pieces is not None:
+                return pieces
+        raise CheckpointError(f"{self.path}: tensor '{read.name}' is missing from the checkpoint")
+
+    def _phys_shape(self, piece: PhysicalRead) -> tuple[int, ...]:
+        return self.tensors[piece.name][1].shape
+
+    def _read_physical(self, piece: PhysicalRead) -> torch.Tensor:
+        """``pread`` exactly the rows a slice needs (no mmap, so resident memory never grows with the model)."""
+        file, info = self.tensors[piece.name]
+        header = self.headers[file]
+        inner = info.shape[len(piece.index) :]  # shape below the indexed leading dims
+        row_elems = math.prod(inner[1:])
+        first = 0
+        for i, size in zip(piece.index, info.shape, strict=False):
+            first = first * size + i
+        first *= math.prod(inner)
+        rows = piece.rows or (0, inner[0] if inner else 1)
+        count = (rows[1] - rows[0]) * row_elems
+        esize = info.nbytes // max(math.prod(info.shape), 1)
+        buf = bytearray(count * esize)
+        fd = self._fds.get(file)
+        if fd is None:
+            fd = self._fds[file] = os.open(file, os.O_RDONLY)
+        offset = header.data_start + info.begin + (first + rows[0] * row_elems) * esize
+        view, done = memoryview(buf), 0
+        while done < len(buf):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n == 0:
+                raise CheckpointError(f"{file}: truncated while reading '{piece.name}'")
+            done += n
+        tensor = torch.frombuffer(buf, dtype=info.dtype) if buf else torch.empty(0, dtype=info.dtype)
+        tensor = tensor.view(rows[1] - rows[0], *inner[1:]) if inner else tensor.view(())
+        if piece.cols:
+            tensor = tensor[:, piece.cols[0] : piece.cols[1]].contiguous()
+        return tensor
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    # ---- validation ---------------------------------------------------------------------------------------
+    def _check_index(self) -> None:
+        index_file = self.path / "model.safetensors.index.json"
+        if not index_file.is_file():
+            return
+        try:
+            weight_map: dict[str, str] = json.loads(index_file.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise CheckpointError(f"{index_file}: malformed index (expected a 'weight_map' object)") from None
+        for name, file in weight_map.items():
+            if name not in self.tensors:
+                raise CheckpointError(f"{self.path / file}: missing (listed in {index_file.name} for '{name}')")
+
+    def fingerprint(self) -> list[dict[str, object]]:
+        """Source files with sizes and header hashes, for the manifest (hashing headers, not 100s of GB)."""
+        import hashlib
+
+        entries = []
+        for name in ["config.json", *sorted(f.name for f in self.files)]:
+            file = self.path / name
+            header = self.headers.get(file)
+            digest = hashlib.sha256(header.raw if header else file.read_bytes()).hexdigest()
+            key = "header_sha256" if header else "sha256"
+            entries.append({"file": name, "bytes": file.stat().st_size, key: digest})
+        return entries
+
+
+def open_source(model: str | os.PathLike[str]) -> SourceCheckpoint:
+    """Open MODEL (directory or repo id) as a :class:`SourceCheckpoint`."""
+    return SourceCheckpoint(resolve_model(str(model)))
+
+
+def load_spec(model: str) -> tuple[Path, ModelSpec]:
+    """The spec of MODEL, reconciled with its tensors when they are local; a repo id fetches config.json only."""
+    path = resolve_model(model, patterns=["config.json", "*.safetensors.index.json"])
+    has_weights = any(path.glob("*.safetensors"))
+    if has_weights:
+        return path, SourceCheckpoint(path).spec
+    return path, parse_spec(load_config(path / "config.json"), str(path / "config.json"))
+
+
+# ---- physical layouts ---------------------------------------------------------------------------------------
+
+
+def _extent(rng: Range | None, size: int) -> int:
+    return size if rng is None else rng[1] - rng[0]
+
+
+def _fused_qkv(src: SourceCheckpoint, read: Read) -> list[PhysicalRead] | None:
+    """``self_attn.{q,k,v}_proj.weight`` inside a per-KV-group interleaved ``self_attn.qkv_proj.weight``."""
+    m = re.fullmatch(r"(.*\.self_attn\.)([qkv])_proj\.weight", read.name)
+    if not m or f"{m[1]}qkv_proj.weight" not in src.tensors:
+        return None
+    spec, fused = src.spec, f"{m[1]}qkv_proj.weight"
+    d, group = spec.head_dim, spec.num_heads // spec.num_kv_heads
+    n_rows = (spec.num_heads if m[2] == "q" else spec.num_kv_heads) * d
+    start, stop = read.rows or (0, n_rows)
+    pieces: list[PhysicalRead] = []
+    row = start
+    while row < stop:  # walk head by head, merging consecutive rows of the same group block
+        head, within = divmod(row, d)
+        if m[2] == "q":
+            g, slot = divmod(head, group)
+            run = min(stop - row, (group - slot) * d - within)
+        else:
+            g, slot, run = head, group + (m[2] == "v"), min(stop - row, d - within)
+        phys = (g * (group + 2) + slot) * d + within
+        pieces.append(PhysicalRead(fused, (), (phys, phys + run), read.cols))
+        row += run
+    return pieces
+
+
+def _fused_gate_up(src: SourceCheckpoint, read: Read) -> list[PhysicalRead] | None:
+    """``X.gate_proj``/``X.up_proj`` inside ``X.gate_and_up_proj.weight`` = cat(up, gate)."""
+    m = re.fullmatch(r"(.*\.)(gate|up)_proj\.weight", read.name)
+    if not m or f"{m[1]}gate_and_up_proj.weight" not in src.tensors:
+        return None
+    fused = f"{m[1]}gate_and_up_proj.weight"
+    half = src.tensors[fused][1].shape[0] // 2
+    start, stop = read.rows or (0, half)
+    offset = half if m[2] == "gate" else 0
+    return [PhysicalRead(fused, (), (start + offset, stop + offset), read.cols)]
+
+
+def _fused_experts(src: SourceCheckpoint, read: Read) -> list[PhysicalRead] | None:
+    """transformers-5 fused experts: ``experts.gate_up_proj [E, 2I, H]`` (gate first), ``experts.down_proj``."""
+    m = re.fullmatch(r"(.*\.mlp\.experts\.)(\d+)\.(gate|up|down)_proj\.weight", read.name)
+    if not m:
+        return None
+    expert = int(m[2])
+    if m[3] == "down":
+        fused = f"{m[1]}down_proj"
+        return [PhysicalRead(fused, (expert,), read.rows, read.cols)] if fused in src.tensors else None
+    fused = f"{m[1]}gate_up_proj"
+    if fused not in src.tensors:
+        return None
+    half = src.tensors[fused][1].shape[1] // 2
+    start, stop = read.rows or (0, half)
+    offset = 0 if m[3] == "gate" else half
+    return [PhysicalRead(fused, (expert,), (start + offset, stop + offset), read.cols)]
+
+
+_FUSED_RULES: list[Callable[[SourceCheckpoint, Read], list[PhysicalRead] | None]] = [
+    _fused_qkv,
+    _fused_gate_up,
+    _fused_experts,
+]
+
+
+# ---- files and reconciliation -------------------------------------------------------------------------------
+
+
+def _find_weight_files(path: Path) -> list[Path]:
+    index_file = path / "model.safetensors.index.json"
+    if index_file.is_file():
+        try:
+            names = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise CheckpointError(f"{index_file}: malformed index (expected a 'weight_map' object)") from None
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{path / missing[0]}: shard listed in {index_file.name} is missing")
+        return [path / n for n in names]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors weights (only safetensors checkpoints are supported)")
+    return files
+
+
+def _reconcile(spec: ModelSpec, src: SourceCheckpoint) -> ModelSpec:
+    """Trust tensor shapes over config fields that Tencent's own code ignores (design note 5)."""
+    notes: list[str] = []
+    changes: dict[str, object] = {}
+
+    def check(field: str, name: str, axis: int, per: int = 1) -> None:
+        if not src.has_logical(name):
+            return
+        actual = src.shape(name)[axis] // per
+        if actual != getattr(spec, field):
+            notes.append(f"config says {field}={getattr(spec, field)} but {name} implies {actual}; using {actual}")
+            changes[field] = actual
+
+    check("head_dim", "model.layers.0.self_attn.q_proj.weight", 0, spec.num_heads)
+    if spec.is_moe:
+        check("expert_intermediate_size", "model.layers.0.mlp.experts.0.gate_proj.weight", 0)
+        check("shared_intermediate_size", "model.layers.0.mlp.shared_mlp.gate_proj.weight", 0)
+    tie = spec.tie_word_embeddings
+    if not tie and not src.has("lm_head.weight"):
+        notes.append("config says tie_word_embeddings=false but there is no lm_head.weight; using the embedding")
+        changes["tie_word_embeddings"] = True
+    if notes:
+        spec = dataclasses.replace(spec, notes=tuple(notes), **changes)
+    return spec

@@ -1,0 +1,336 @@
+"""Random-weight checkpoints in Tencent's exact on-disk format (A13B, Large, dense), for tests and benchmarks.
+
+Weights are made as the golden fixtures' were: tensor names (Tencent's separate q/k/v and gate/up layout) sorted
+as strings, one CPU ``torch.Generator`` seeded with the seed drawing every tensor in that order, ``0.8 +
+0.4*rand`` for names ending in ``norm.weight`` and ``0.05*randn`` otherwise, drawn in float32 and stored in the
+requested dtype. Big tensors are drawn in row chunks (the values are the same as one draw) and written straight to
+their place in the safetensors file, so memory stays at one chunk whatever the model size. ``fused=True`` places
+the same rows into the older fused layouts (design note 8), so it holds exactly the same model.
+
+Tiny MoE presets scan seeds upward until every router decision on the built-in prompts has a probability margin
+of at least ``min_router_gap`` (design note 7); ``synth_info.json`` records the seed used and the margin.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+
+from hunyuan_trtllm.checkpoints import synth_configs
+from hunyuan_trtllm.checkpoints.hy_tokenizer import (
+    SPECIAL_TOKENS,
+    filled_ranks,
+    tiny_corpus,
+    train_tiny_bpe,
+    write_hy_tiktoken,
+)
+from hunyuan_trtllm.checkpoints.prompts import DEFAULT_PROMPTS
+from hunyuan_trtllm.checkpoints.safetensors_io import (
+    OutputEntry,
+    create_partial,
+    dtype_size,
+    finish_partial,
+    plan_file,
+    pwrite_tensor,
+    write_atomic,
+)
+from hunyuan_trtllm.checkpoints.spec import ModelSpec, load_config, parse_spec
+from hunyuan_trtllm.errors import UserError
+
+ARCHS = ("a13b", "large", "dense")
+PRESETS = ("tiny", "full-width")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TINY_RANKS = 793  # BPE ranks of the tiny tokenizer: 793 + 210 specials = 1003 ids
+MAX_SEED_TRIES = 4000  # tiny A13B (4 layers, top-2 of 8) meets a 2e-3 margin on about 1 seed in 600
+_CHUNK_ELEMENTS = 1 << 22  # rows drawn per step: at most 4 Mi float32 values (16 MiB; bigger chunks page-fault more)
+WeightStream = Iterator[tuple[str, int, torch.Tensor]]  # (tensor name, first row, rows in the stored dtype)
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Rows ``src_row .. src_row+rows`` of a generated tensor go to row ``dst_row`` of the stored tensor ``dest``."""
+
+    dest: str
+    src_row: int
+    rows: int
+    dst_row: int
+
+
+def synth_checkpoint(
+    out_dir: Path,
+    arch: str,
+    preset: str = "tiny",
+    layers: int | None = None,
+    seed: int = 0,
+    dtype: str | None = None,
+    fused: bool = False,
+    min_router_gap: float = 2e-3,
+    progress: bool = False,
+) -> ModelSpec:
+    """Write a random checkpoint (config, safetensors, tokenizer files) to ``out_dir``; return its spec.
+
+    ``out_dir`` must not exist or be empty; the folder is built beside it and renamed into place when complete.
+    """
+    out_dir = Path(out_dir)
+    config = synth_config(arch, preset, layers, dtype)
+    spec = parse_spec(config, "synthetic config.json")
+    shapes = tensor_shapes(spec)
+    _check_destination(out_dir, sum(math.prod(s) for s in shapes.values()) * dtype_size(DTYPES[spec.torch_dtype]))
+    tmp = out_dir.with_name(f".{out_dir.name}.synth-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with Progress(disable=not progress) as bar:
+            stream, used_seed, gap = _weights(spec, shapes, seed, preset, min_router_gap, bar)
+            _write_weights(tmp, spec, shapes, stream, fused, sharded=preset == "full-width", bar=bar)
+        _write_tokenizer_files(tmp, arch, spec.vocab_size)
+        info = {"arch": arch, "preset": preset, "dtype": spec.torch_dtype, "fused": fused, "seed_requested": seed,
+                "seed": used_seed, "min_router_gap": min_router_gap, "router_gap": gap,
+                "router_gap_prompts": list(DEFAULT_PROMPTS)}
+        write_atomic(tmp / "synth_info.json", json.dumps(info, indent=2) + "\n")
+        write_atomic(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return parse_spec(load_config(out_dir / "config.json"), str(out_dir / "config.json"))
+
+
+def _check_destination(out_dir: Path, weight_bytes: int) -> None:
+    """Refuse a non-empty ``out_dir`` or a disk without room for the weights; create the parent folder."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"{out_dir}: already exists and is not empty; choose a new output directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(out_dir.parent).free < weight_bytes * 1.05:
+        raise UserError(f"{out_dir.parent}: not enough free disk space for {weight_bytes / 2**30:.1f} GiB of weights")
+
+
+def synth_config(arch: str, preset: str = "tiny", layers: int | None = None, dtype: str | None = None) -> dict:
+    """The config.json that :func:`synth_checkpoint` writes, in the Tencent dialect of ``arch``."""
+    if arch not in ARCHS:
+        raise UserError(f"unknown arch '{arch}'; choose one of {', '.join(ARCHS)}")
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    dtype = dtype or ("float32" if preset == "tiny" else "bfloat16")
+    if dtype not in DTYPES:
+        raise UserError(f"unsupported dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    dims = synth_configs.PRESET_DIMS[(arch, preset)]
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
+        raise UserError(f"layers must be a positive integer, got {layers!r}")
+    num_ranks = dims.vocab - len(SPECIAL_TOKENS)
+    return synth_configs.BUILDERS[arch](dims, layers or dims.layers, synth_configs.SpecialIds.of(num_ranks), dtype)
+
+
+def tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the model in Tencent's separate layout (q/k/v, gate/up), sorted by name."""
+    h, d = spec.hidden_size, spec.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (spec.vocab_size, h), "model.norm.weight": (h,)}
+    if not spec.tie_word_embeddings:
+        shapes["lm_head.weight"] = (spec.vocab_size, h)
+    for layer in range(spec.num_layers):
+        p = f"model.layers.{layer}."
+        shapes |= {
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (spec.num_heads * d, h),
+            p + "self_attn.o_proj.weight": (h, spec.num_heads * d),
+            p + "self_attn.query_layernorm.weight": (d,),
+            p + "self_attn.key_layernorm.weight": (d,),
+        }
+        if spec.is_kv_producer(layer):  # CLA consumers (odd layers of Hunyuan-Large) own no k/v projections
+            shapes[p + "self_attn.k_proj.weight"] = (spec.num_kv_heads * d, h)
+            shapes[p + "self_attn.v_proj.weight"] = (spec.num_kv_heads * d, h)
+        if spec.is_moe:
+            shapes[p + "mlp.gate.wg.weight"] = (spec.num_experts, h)
+            mlps = {f"mlp.experts.{e}.": spec.expert_intermediate_size for e in range(spec.num_experts)}
+            if spec.shared_intermediate_size:
+                mlps["mlp.shared_mlp."] = spec.shared_intermediate_size
+        else:
+            mlps = {"mlp.": spec.intermediate_size}
+        for mlp, width in mlps.items():
+            shapes |= {p + mlp + "gate_proj.weight": (width, h), p + mlp + "up_proj.weight": (width, h),
+                       p + mlp + "down_proj.weight": (h, width)}
+    return dict(sorted(shapes.items()))
+
+
+def generate_weights(shapes: dict[str, tuple[int, ...]], seed: int, dtype: torch.dtype) -> WeightStream:
+    """Draw every tensor in sorted-name order from one generator, yielding row chunks in the stored dtype.
+
+    Chunks hold a multiple of 16 values, so chunked draws give exactly the values of one whole-tensor draw.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for name in sorted(shapes):
+        shape = shapes[name]
+        row_values = math.prod(shape[1:])
+        step = 16 // math.gcd(16, row_values)
+        rows_per_chunk = max(step, _CHUNK_ELEMENTS // row_values // step * step)
+        for start in range(0, shape[0], rows_per_chunk):
+            part = (min(rows_per_chunk, shape[0] - start), *shape[1:])
+            if name.endswith("norm.weight"):
+                values = 0.8 + 0.4 * torch.rand(part, generator=generator)
+            else:
+                values = 0.05 * torch.randn(part, generator=generator)
+            yield name, start, values.to(dtype)
+
+
+# ---- weights ------------------------------------------------------------------------------------------------
+
+
+def _weights(
+    spec: ModelSpec,
+    shapes: dict[str, tuple[int, ...]],
+    seed: int,
+    preset: str,
+    min_gap: float,
+    bar: Progress,
+) -> tuple[WeightStream, int, float | None]:
+    """The weight stream to write, the seed it came from and its router margin (None when not measured)."""
+    dtype = DTYPES[spec.torch_dtype]
+    if preset != "tiny" or not spec.is_moe:
+        return generate_weights(shapes, seed, dtype), seed, None
+    from hunyuan_trtllm.reference.hf_forward import router_gaps
+
+    task = bar.add_task("router-margin seed scan", total=MAX_SEED_TRIES)
+    for candidate in range(seed, seed + MAX_SEED_TRIES):
+        weights = _materialize(generate_weights(shapes, candidate, dtype), shapes, dtype)
+        gap = math.inf
+        for ids in sorted(DEFAULT_PROMPTS.values(), key=len):  # cheapest first: most seeds fail early
+            gap = min(gap, router_gaps(spec, weights.__getitem__, ids))
+            if gap < min_gap:
+                break
+        bar.advance(task)
+        if gap >= min_gap:
+            bar.update(task, total=candidate - seed + 1, description=f"router margin {gap:.4f} at seed {candidate}")
+            return ((name, 0, t) for name, t in weights.items()), candidate, gap
+    raise UserError(
+        f"no seed in {seed}..{seed + MAX_SEED_TRIES - 1} gives every router decision a margin >= {min_gap:g}; "
+        "try another seed or a smaller min_router_gap"
+    )
+
+
+def _materialize(
+    stream: WeightStream, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """Assemble a weight stream into whole tensors (tiny models only)."""
+    weights = {name: torch.empty(shape, dtype=dtype) for name, shape in shapes.items()}
+    for name, start, rows in stream:
+        weights[name][start : start + rows.shape[0]] = rows
+    return weights
+
+
+def _placements(
+    spec: ModelSpec, shapes: dict[str, tuple[int, ...]], fused: bool
+) -> tuple[dict[str, tuple[int, ...]], dict[str, list[_Place]]]:
+    """Stored tensors (name -> shape) and where each generated tensor's rows go.
+
+    Fused layouts: ``self_attn.qkv_proj.weight`` interleaved per KV group (group g's query heads, then k_g, then
+    v_g; CLA consumers keep ``q_proj`` alone) and ``*.gate_and_up_proj.weight`` = cat(up, gate).
+    """
+    stored = dict(shapes)
+    places = {name: [_Place(name, 0, shape[0], 0)] for name, shape in shapes.items()}
+    if not fused:
+        return stored, places
+    d, group = spec.head_dim, spec.num_heads // spec.num_kv_heads
+    for layer in filter(spec.is_kv_producer, range(spec.num_layers)):  # CLA consumers keep q_proj alone
+        p = f"model.layers.{layer}.self_attn."
+        qkv = p + "qkv_proj.weight"
+        stored[qkv] = ((spec.num_heads + 2 * spec.num_kv_heads) * d, spec.hidden_size)
+        for proj in ("q", "k", "v"):
+            del stored[f"{p}{proj}_proj.weight"]
+        block = (group + 2) * d  # rows of one KV group in the fused tensor
+        kv = range(spec.num_kv_heads)
+        places[p + "q_proj.weight"] = [_Place(qkv, g * group * d, group * d, g * block) for g in kv]
+        places[p + "k_proj.weight"] = [_Place(qkv, g * d, d, g * block + group * d) for g in kv]
+        places[p + "v_proj.weight"] = [_Place(qkv, g * d, d, g * block + (group + 1) * d) for g in kv]
+    for gate in [name for name in shapes if name.endswith("gate_proj.weight")]:
+        base, (width, hidden) = gate.removesuffix("gate_proj.weight"), shapes[gate]
+        gate_up = base + "gate_and_up_proj.weight"
+        stored[gate_up] = (2 * width, hidden)
+        del stored[gate], stored[base + "up_proj.weight"]
+        places[base + "up_proj.weight"] = [_Place(gate_up, 0, width, 0)]
+        places[gate] = [_Place(gate_up, 0, width, width)]
+    return dict(sorted(stored.items())), places
+
+
+def _shard_files(stored: dict[str, tuple[int, ...]], num_layers: int, sharded: bool) -> dict[str, str]:
+    """File of each stored tensor: one ``model.safetensors``, or about one decoder layer per shard (HF names)."""
+    if not sharded:
+        return {name: "model.safetensors" for name in stored}
+    files = {}
+    for name in stored:
+        if name.startswith("model.layers."):
+            shard = int(name.split(".")[2])
+        else:  # embeddings with the first layer; final norm and lm_head with the last
+            shard = 0 if name == "model.embed_tokens.weight" else num_layers - 1
+        files[name] = f"model-{shard + 1:05d}-of-{num_layers:05d}.safetensors"
+    return files
+
+
+def _write_weights(
+    folder: Path,
+    spec: ModelSpec,
+    shapes: dict[str, tuple[int, ...]],
+    stream: WeightStream,
+    fused: bool,
+    sharded: bool,
+    bar: Progress,
+) -> None:
+    """Write the stream into the (possibly fused, possibly sharded) safetensors files, one chunk at a time."""
+    stored, places = _placements(spec, shapes, fused)
+    files = _shard_files(stored, spec.num_layers, sharded)
+    dtype = DTYPES[spec.torch_dtype]
+    layouts = {}
+    fds: dict[str, int] = {}
+    for file in sorted(set(files.values())):
+        layouts[file] = plan_file([OutputEntry(name, dtype, stored[name]) for name in stored if files[name] == file])
+        fds[file] = os.open(create_partial(folder / file, layouts[file]), os.O_WRONLY)
+    total = sum(math.prod(shape) for shape in stored.values()) * dtype_size(dtype)
+    task = bar.add_task("writing weights", total=total)
+    try:
+        for name, start, rows in stream:
+            row_bytes = rows[0].numel() * rows.element_size()
+            for place in places[name]:
+                lo, hi = max(start, place.src_row), min(start + rows.shape[0], place.src_row + place.rows)
+                if lo < hi:
+                    file = files[place.dest]
+                    offset = layouts[file].offset(place.dest) + (place.dst_row + lo - place.src_row) * row_bytes
+                    pwrite_tensor(fds[file], offset, rows[lo - start : hi - start])
+            bar.advance(task, rows.numel() * rows.element_size())
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    for file in layouts:
+        finish_partial(folder / file)
+    if sharded:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(files.items()))}
+        write_atomic(folder / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+
+
+# ---- tokenizer files ----------------------------------------------------------------------------------------
+
+
+def _write_tokenizer_files(folder: Path, arch: str, vocab_size: int) -> None:
+    """``hy.tiktoken``, ``generation_config.json`` and a minimal ``tokenizer_config.json`` (no chat template)."""
+    num_ranks = vocab_size - len(SPECIAL_TOKENS)
+    ranks = train_tiny_bpe(tiny_corpus(), min(num_ranks, TINY_RANKS))
+    write_hy_tiktoken(folder / "hy.tiktoken", filled_ranks(ranks, num_ranks) if num_ranks > TINY_RANKS else ranks)
+    ids = synth_configs.SpecialIds.of(num_ranks)
+    generation = {"bos_token_id": 1, "eos_token_id": [ids.eos, ids.eod], "pad_token_id": ids.pad,
+                  "do_sample": True, "top_k": 20, "top_p": 0.6 if arch == "large" else 0.8,
+                  "repetition_penalty": 1.05, "temperature": 0.7, "transformers_version": "4.31.0"}
+    tokenizer = {"model_max_length": 1048576, "tokenizer_class": "HYTokenizer", "eos_token": "<|eos|>",
+                 "pad_token": "<|pad|>",
+                 "additional_special_tokens": ["<|startoftext|>", "<|extra_0|>", "<|extra_4|>", "<|extra_5|>",
+                                               "<|eos|>"]}
+    write_atomic(folder / "generation_config.json", json.dumps(generation, indent=2) + "\n")
+    write_atomic(folder / "tokenizer_config.json", json.dumps(tokenizer, indent=2) + "\n")

@@ -1,0 +1,79 @@
+"""The TensorRT-LLM checkpoint's config.json (``PretrainedConfig`` fields, TensorRT-LLM 1.2.x).
+
+Hunyuan-specific facts are written explicitly rather than left to defaults:
+- RoPE: NTK-alpha folded into ``rotary_base = theta * alpha ** (d / (d - 2))``, ``rotary_scaling`` null
+  (TensorRT-LLM's own "dynamic" scaling is length-dependent NTK and would be wrong);
+- ``qk_layernorm`` true, with ``hunyuan.qk_norm_after_rope`` (TensorRT-LLM's stock layer norms before RoPE);
+- ``moe.normalization_mode``: RENORMALIZE (1) for top-k > 1, NONE (0) for Hunyuan-Large's top-1;
+- CLA: ``num_kv_heads_per_layer`` (0 for layers that own no KV cache, as DeciLM marks them) and
+  ``cla_kv_source_layer`` (the global layer whose KV cache each layer reads).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hunyuan_trtllm import __version__
+from hunyuan_trtllm.checkpoints.mapping import Mapping
+from hunyuan_trtllm.checkpoints.spec import ModelSpec
+
+DTYPE_STRINGS = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+def trtllm_config(spec: ModelSpec, mapping: Mapping, dtype: torch.dtype) -> dict[str, Any]:
+    """Build config.json for a converted checkpoint."""
+    layers = range(spec.num_layers)
+    config: dict[str, Any] = {
+        "architecture": spec.architecture,
+        "dtype": DTYPE_STRINGS[dtype],
+        "logits_dtype": "float32",
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": spec.num_heads,
+        "num_key_value_heads": spec.num_kv_heads,
+        "head_size": spec.head_dim,
+        "intermediate_size": spec.expert_intermediate_size if spec.is_moe else spec.intermediate_size,
+        "max_position_embeddings": spec.max_position_embeddings,
+        "hidden_act": "swiglu" if spec.is_moe else "silu",
+        "norm_epsilon": spec.rms_norm_eps,
+        "position_embedding_type": "rope_gpt_neox",
+        "rotary_embedding_dim": spec.head_dim,
+        "rotary_base": spec.rotary_base,
+        "rotary_scaling": None,
+        "mapping": mapping.to_dict(),
+        "quantization": {"quant_algo": None, "kv_cache_quant_algo": None, "exclude_modules": None},
+        "use_parallel_embedding": False,
+        "embedding_sharding_dim": 0,
+        "tie_word_embeddings": spec.tie_word_embeddings,
+        "qk_layernorm": spec.use_qk_norm,
+        "attn_bias": False,
+        "mlp_bias": False,
+        "moe": {
+            "num_experts": spec.num_experts,
+            "top_k": spec.top_k,
+            "shared_expert_intermediate_size": spec.shared_intermediate_size,
+            "normalization_mode": int(spec.normalization_mode) if spec.is_moe else 0,
+            "sparse_mixer_epsilon": 0.01,
+            "tp_mode": 0,
+            "device_limited_n_group": 0,
+            "device_limited_topk_group": 0,
+            "device_limited_routed_scaling_factor": 1.0,
+        },
+        "use_cla": spec.uses_cla,
+        "cla_share_factor": spec.cla_share_factor,
+        "num_kv_heads_per_layer": [spec.num_kv_heads if spec.is_kv_producer(i) else 0 for i in layers],
+        "cla_kv_source_layer": [spec.kv_source_layer(i) for i in layers],
+        "hunyuan": {
+            "rope_theta": spec.rope_theta,
+            "rope_alpha": spec.rope_alpha,
+            "qk_norm_after_rope": True,
+            "cla_query_norm_folded": spec.uses_cla and spec.use_qk_norm,
+            "eos_token_ids": list(spec.eos_token_ids),
+            "pad_token_id": spec.pad_token_id,
+            "converter": f"hunyuan-trtllm {__version__}",
+        },
+    }
+    return config

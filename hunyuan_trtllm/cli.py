@@ -1,0 +1,99 @@
+"""The ``hunyuan-trtllm`` command line: one entry point for convert, verify, inspect, synth and the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from hunyuan_trtllm import __version__
+from hunyuan_trtllm.errors import UserError
+
+console = Console(stderr=True)
+stdout = Console(soft_wrap=True)
+
+
+class HunyuanGroup(click.Group):
+    """Turns user mistakes (:class:`UserError`) into one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted; finished files are kept, partial ones are not (re-run to resume)", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=HunyuanGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="hunyuan-trtllm")
+def cli() -> None:
+    """Convert Tencent Hunyuan checkpoints (A13B, Large, dense) for TensorRT-LLM and check them.
+
+    \b
+    Start here (no GPU, no downloads):
+      hunyuan-trtllm demo
+    Real models:
+      hunyuan-trtllm inspect tencent/Hunyuan-A13B-Instruct
+      hunyuan-trtllm convert tencent/Hunyuan-A13B-Instruct -o ckpt-tp8 --tp 8 --ep 8
+      hunyuan-trtllm verify ckpt-tp8 --against tencent/Hunyuan-A13B-Instruct
+    """
+
+
+def byte_progress(label: str, quiet: bool) -> tuple[Progress | None, Callable[[int, int], Callable[[int], None]]]:
+    """A rich progress bar in bytes with GB/s, and the callback factory the converter expects."""
+    progress = None if quiet else Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+    def start(total: int, done: int) -> Callable[[int], None]:
+        if progress is None:
+            return lambda n: None
+        task = progress.add_task(label, total=total, completed=done)
+        return lambda n: progress.advance(task, n)
+
+    return progress, start
+
+
+def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, str(value))
+    stdout.print(table)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def main() -> None:
+    from hunyuan_trtllm import commands  # noqa: F401  (registers the subcommands)
+
+    cli()
+
+
+if __name__ == "__main__":
+    main()

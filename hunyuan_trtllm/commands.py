@@ -1,0 +1,227 @@
+"""Checkpoint subcommands: inspect, convert, verify, synth, demo."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from hunyuan_trtllm.cli import byte_progress, cli, console, print_json, print_table, stdout
+from hunyuan_trtllm.errors import UserError
+
+GB = 1e9
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for programs instead of a table.")
+def inspect(model: str, as_json: bool) -> None:
+    """Describe MODEL: architecture, parameters (total/active), experts, layers, KV bytes per token.
+
+    MODEL is a local checkpoint directory or a Hugging Face repo id (only config and weight headers are read).
+
+    \b
+    Examples:
+      hunyuan-trtllm inspect ./Hunyuan-A13B-Instruct
+      hunyuan-trtllm inspect tencent/Hunyuan-A13B-Instruct --json
+    """
+    from hunyuan_trtllm.checkpoints.source import load_spec
+    from hunyuan_trtllm.checkpoints.weight_plan import parameter_counts
+
+    path, spec = load_spec(model)
+    total, active = parameter_counts(spec)
+    kv = {"bfloat16": spec.kv_bytes_per_token(2), "fp8": spec.kv_bytes_per_token(1)}
+    if as_json:
+        print_json({"model": str(path), "spec": spec.to_dict(), "rotary_base": spec.rotary_base,
+                    "params_total": total, "params_active": active, "kv_bytes_per_token": kv,
+                    "normalization_mode": spec.normalization_mode.name if spec.is_moe else None})
+        return
+    rows = [
+        ("architecture", spec.architecture),
+        ("layers / hidden", f"{spec.num_layers} / {spec.hidden_size}"),
+        ("attention heads / KV heads / head dim", f"{spec.num_heads} / {spec.num_kv_heads} / {spec.head_dim}"),
+        ("parameters total / active", f"{total / 1e9:.2f}B / {active / 1e9:.2f}B ({total:,} / {active:,})"),
+    ]
+    if spec.is_moe:
+        rows += [
+            ("experts / top-k / routing", f"{spec.num_experts} / {spec.top_k} / {spec.normalization_mode.name}"),
+            ("expert / shared expert width", f"{spec.expert_intermediate_size} / {spec.shared_intermediate_size}"),
+        ]
+    else:
+        rows.append(("MLP width", spec.intermediate_size))
+    rows += [
+        ("cross-layer attention", f"factor {spec.cla_share_factor}" if spec.uses_cla else "no"),
+        ("KV cache per token (bf16 / fp8)", f"{kv['bfloat16'] / 1024:g} KiB / {kv['fp8'] / 1024:g} KiB"),
+        ("RoPE", f"theta {spec.rope_theta:g}, alpha {spec.rope_alpha:g} -> base {spec.rotary_base:.6g}"),
+        ("vocab / tied embeddings", f"{spec.vocab_size} / {spec.tie_word_embeddings}"),
+        ("stored dtype", spec.torch_dtype),
+    ]
+    rows += [("note", note) for note in spec.notes]
+    print_table(str(path), rows)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--tp", default=1, show_default=True, help="Tensor-parallel size (= moe_tp x moe_ep).")
+@click.option("--ep", default=1, show_default=True, help="Expert-parallel size for MoE layers (divides --tp).")
+@click.option("--pp", default=1, show_default=True, help="Pipeline-parallel size.")
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+              help="Weight dtype; auto keeps the checkpoint's.")
+@click.option("--workers", default=1, show_default=True, help="Worker processes.")
+@click.option("--ranks", default=None, help="Convert only these ranks, e.g. 0-3 (split a conversion over machines).")
+@click.option("--overwrite", is_flag=True, help="Replace whatever the output directory holds.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, workers: int, ranks: str | None,
+            overwrite: bool, quiet: bool, as_json: bool) -> None:
+    """Convert MODEL to a TensorRT-LLM checkpoint (config.json + rank{N}.safetensors).
+
+    Reads only the slices each rank needs, writes every rank file atomically, and resumes an interrupted
+    conversion into the same directory (finished ranks are skipped). config.json appears last, once every
+    rank file exists.
+
+    \b
+    Examples:
+      hunyuan-trtllm convert ./Hunyuan-A13B-Instruct -o ckpt --tp 8 --ep 8 --workers 2
+      hunyuan-trtllm convert tencent/Hunyuan-A13B-Instruct -o ckpt --tp 4 --ep 2 --pp 2
+      hunyuan-trtllm convert ./Hunyuan-Large -o ckpt --tp 16 --ep 16 --ranks 0-7   # this machine's half
+    """
+    from hunyuan_trtllm.checkpoints.convert import convert as run_convert
+    from hunyuan_trtllm.checkpoints.mapping import Mapping, parse_ranks
+
+    mapping = Mapping(tp=tp, pp=pp, moe_ep=ep)
+    if workers < 1:
+        raise UserError("--workers must be at least 1")
+    progress, start = byte_progress("convert", quiet or as_json)
+    with progress or contextlib.nullcontext():
+        result = run_convert(model, out_dir, mapping, dtype=dtype, workers=workers,
+                             ranks=parse_ranks(ranks, mapping.world_size), overwrite=overwrite, progress=start)
+    speed = result.bytes_written / max(result.seconds, 1e-9) / GB
+    summary = {
+        "output": str(result.out_dir), "complete": result.complete, "world_size": mapping.world_size,
+        "mapping": mapping.to_dict(), "dtype": str(result.plan.dtype).removeprefix("torch."),
+        "converted_ranks": result.converted_ranks, "skipped_ranks": result.skipped_ranks,
+        "bytes_written": result.bytes_written, "seconds": round(result.seconds, 3), "gb_per_s": round(speed, 3),
+        "notes": result.notes,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    print_table("convert", [
+        ("output", result.out_dir), ("layout", f"tp {tp} (moe_tp {mapping.moe_tp} x ep {ep}), pp {pp}"),
+        ("dtype", summary["dtype"]), ("ranks written", result.converted_ranks or "none"),
+        ("ranks already done", result.skipped_ranks or "none"),
+        ("bytes", f"{result.bytes_written / GB:.3f} GB in {result.seconds:.1f} s ({speed:.2f} GB/s)"),
+        ("complete", "yes (config.json written)" if result.complete else "no: other ranks still missing"),
+    ])
+
+
+@cli.command()
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.option("--against", "model", required=True, help="The Hugging Face model the checkpoint was converted from.")
+@click.option("--reference", default="auto", show_default=True, type=click.Choice(["auto", "transformers", "plain"]),
+              help="transformers' Hunyuan classes, or the plain HF-layout forward (needed for CLA).")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
+              help="JSON token-id prompts ({name: [ids]}); default: built-in prompts.")
+@click.option("--atol", type=float, default=None, help="Max |logit diff| allowed (default depends on dtype).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
+def verify(ckpt: Path, model: str, reference: str, prompts_file: Path | None, atol: float | None,
+           as_json: bool) -> None:
+    """Compare the converted CKPT's logits with an independent reference; exit 1 beyond tolerance.
+
+    \b
+    Examples:
+      hunyuan-trtllm verify ckpt --against ./Hunyuan-A13B-Instruct
+      hunyuan-trtllm verify ckpt --against ./Hunyuan-Large --reference plain --json
+    """
+    from hunyuan_trtllm.reference.verify import load_prompts
+    from hunyuan_trtllm.reference.verify import verify as run_verify
+
+    report = run_verify(ckpt, model, load_prompts(prompts_file), reference=reference, atol=atol)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        print_verify_table(report)
+    if not report.passed:
+        raise SystemExit(1)
+
+
+def print_verify_table(report) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"verify {report.checkpoint} against {report.model}", title_justify="left")
+    for column in ("prompt", "tokens", "max abs", "max rel", "top-1 agree"):
+        table.add_column(column, justify="right" if column != "prompt" else "left")
+    for p in report.prompts:
+        table.add_row(p.prompt, str(p.tokens), f"{p.max_abs:.2e}", f"{p.max_rel:.2e}", f"{p.top1_agreement:.1%}")
+    stdout.print(table)
+    verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
+    stdout.print(f"reference: {report.reference}; dtype {report.dtype}; "
+                 f"max abs {report.max_abs:.2e} vs tolerance {report.atol:g}: {verdict}")
+
+
+@cli.command()
+@click.option("--arch", required=True, type=click.Choice(["a13b", "large", "dense"]), help="Architecture.")
+@click.option("--preset", default="tiny", show_default=True, type=click.Choice(["tiny", "full-width"]),
+              help="tiny: for tests and demos; full-width: real widths, few layers, for benchmarks.")
+@click.option("--layers", type=int, default=None, help="Override the number of layers.")
+@click.option("--seed", default=0, show_default=True, help="Random seed (tiny MoE presets scan upward from it).")
+@click.option("--dtype", default=None, type=click.Choice(["bfloat16", "float16", "float32"]),
+              help="Stored dtype (default: float32 tiny, bfloat16 full-width).")
+@click.option("--fused", is_flag=True, help="Store the older fused qkv_proj / gate_and_up_proj layout.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
+def synth(arch: str, preset: str, layers: int | None, seed: int, dtype: str | None, fused: bool,
+          out_dir: Path) -> None:
+    """Write a random checkpoint in Tencent's exact format (config, safetensors, hy.tiktoken tokenizer).
+
+    \b
+    Examples:
+      hunyuan-trtllm synth --arch a13b -o tiny-a13b
+      hunyuan-trtllm synth --arch large --preset full-width --layers 2 -o large-2l
+    """
+    from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
+
+    spec = synth_checkpoint(out_dir, arch, preset=preset, layers=layers, seed=seed, dtype=dtype, fused=fused,
+                            progress=True)
+    console.print(f"wrote {spec.architecture} ({spec.num_layers} layers, hidden {spec.hidden_size}) to {out_dir}")
+
+
+@cli.command()
+@click.option("-o", "--output", "work_dir", type=click.Path(path_type=Path), default=None,
+              help="Keep the demo files here (default: a temporary directory).")
+def demo(work_dir: Path | None) -> None:
+    """The whole pipeline on a built-in tiny A13B: synth -> convert (TP2 x EP2) -> verify. No GPU, no downloads.
+
+    \b
+    Example:
+      hunyuan-trtllm demo -o demo
+    """
+    from hunyuan_trtllm.checkpoints.convert import convert as run_convert
+    from hunyuan_trtllm.checkpoints.mapping import Mapping
+    from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
+    from hunyuan_trtllm.reference.verify import verify as run_verify
+
+    keep = contextlib.nullcontext(work_dir) if work_dir else tempfile.TemporaryDirectory(prefix="hunyuan-demo-")
+    with keep as base:
+        base = Path(base)
+        model, ckpt = base / "hunyuan-a13b-tiny", base / "trtllm-ckpt-tp2-ep2"
+        if not model.exists():
+            console.print("[bold]1/3 synth[/] a tiny Hunyuan-A13B in Tencent's format")
+            synth_checkpoint(model, "a13b", preset="tiny", dtype="float32")
+        console.print("[bold]2/3 convert[/] to TensorRT-LLM at TP2 x EP2 (float32)")
+        run_convert(model, ckpt, Mapping(tp=2, moe_ep=2), dtype="float32", overwrite=True)
+        console.print("[bold]3/3 verify[/] reference executor on the rank files vs transformers on the HF model")
+        report = run_verify(ckpt, str(model))
+        print_verify_table(report)
+        if work_dir:
+            console.print(f"files kept in {os.fspath(work_dir)}")
+    if not report.passed:
+        raise SystemExit(1)
+

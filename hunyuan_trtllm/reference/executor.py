@@ -1,0 +1,208 @@
+"""The reference executor: runs a converted TensorRT-LLM checkpoint the way TensorRT-LLM's network does.
+
+It reads only what TensorRT-LLM reads, config.json and the per-rank files, and emulates the parallel
+execution on one CPU: each TP rank computes its slice, partial outputs are summed (the all-reduce), experts run
+on the EP rank that holds them, PP stages run in order. Everything is computed in float32 from the stored
+weights, so differences against a reference measure the checkpoint, not the arithmetic.
+
+Semantics, in the order they happen in one decoder layer:
+- attention: ``qkv`` GEMM -> split q | k | v per rank -> RoPE (NeoX pairing, ``rotary_base``) -> per-head
+  RMSNorm of q and k (QK-norm *after* RoPE) -> causal GQA attention over the KV cache -> ``dense`` (row-parallel,
+  summed over ranks). CLA consumer layers have a Q-only projection and attend over their producer's cache;
+- MoE: router in float32 on the full hidden state; ``RENORMALIZE``: softmax over the top-k logits, ``NONE``:
+  top-k of the softmax; experts ``fc`` -> ``swiglu`` (``x, gate = chunk(fc(h), 2); silu(gate) * x``) -> ``proj``;
+  plus the always-on shared expert, summed over ranks;
+- dense MLP (``GatedMLP``): ``proj(silu(fc(h)) * gate(h))``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from hunyuan_trtllm.checkpoints.mapping import Mapping
+from hunyuan_trtllm.errors import CheckpointError
+
+
+@dataclass
+class KVCache:
+    """Post-RoPE, post-norm keys and values per (KV-producing layer, TP rank): ``[S, kv_heads_per_rank, d]``."""
+
+    length: int = 0
+    entries: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def append(self, layer: int, tp_rank: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if (layer, tp_rank) in self.entries:
+            old_k, old_v = self.entries[(layer, tp_rank)]
+            k, v = torch.cat([old_k, k]), torch.cat([old_v, v])
+        self.entries[(layer, tp_rank)] = (k, v)
+        return k, v
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def rope_tables(positions: torch.Tensor, dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))  # [d/2]
+    angles = positions.float()[:, None] * inv_freq[None, :]  # [T, d/2]
+    emb = torch.cat([angles, angles], dim=-1)  # [T, d]
+    return emb.cos()[:, None, :], emb.sin()[:, None, :]  # [T, 1, d]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class ReferenceExecutor:
+    """Execute a converted checkpoint directory on CPU in float32."""
+
+    def __init__(self, ckpt_dir: Path, cache_weights: bool = True):
+        self.dir = ckpt_dir
+        config_path = ckpt_dir / "config.json"
+        if not config_path.is_file():
+            raise CheckpointError(f"{ckpt_dir}: no config.json (not a converted checkpoint, or conversion unfinished)")
+        self.config = cfg = json.loads(config_path.read_text())
+        m = cfg["mapping"]
+        self.mapping = Mapping(tp=m["tp_size"], pp=m["pp_size"], moe_ep=m["moe_ep_size"])
+        self.n_layers = cfg["num_hidden_layers"]
+        self.n_heads, self.n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+        self.d = cfg["head_size"]
+        self.eps = cfg["norm_epsilon"]
+        self.base = cfg["rotary_base"]
+        self.qk_norm = cfg.get("qk_layernorm", False)
+        self.moe = cfg.get("moe") or {}
+        self.vocab = cfg["vocab_size"]
+        self.kv_source = cfg.get("cla_kv_source_layer") or list(range(self.n_layers))
+        self.cache_weights = cache_weights
+        self._weights: dict[tuple[int, str], torch.Tensor] = {}
+        self._files = {}
+        for rank in range(self.mapping.world_size):
+            path = ckpt_dir / f"rank{rank}.safetensors"
+            if not path.is_file():
+                raise CheckpointError(f"{path}: missing rank file")
+            self._files[rank] = safe_open(str(path), framework="pt")
+
+    # ---- weights ------------------------------------------------------------------------------------------
+    def w(self, rank: int, name: str) -> torch.Tensor:
+        key = (rank, name)
+        if key in self._weights:
+            return self._weights[key]
+        try:
+            tensor = self._files[rank].get_tensor(name).float()
+        except Exception:  # safetensors raises a bare Exception subclass for unknown names
+            raise CheckpointError(f"{self.dir}/rank{rank}.safetensors: tensor '{name}' is missing") from None
+        if self.cache_weights:
+            self._weights[key] = tensor
+        return tensor
+
+    def new_cache(self) -> KVCache:
+        return KVCache()
+
+    # ---- forward ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, input_ids: Sequence[int], cache: KVCache | None = None) -> torch.Tensor:
+        """Logits ``[T, vocab]`` (float32) for ``input_ids`` following whatever ``cache`` already holds."""
+        cache = cache if cache is not None else KVCache()
+        ids = torch.as_tensor(list(input_ids), dtype=torch.long)
+        positions = torch.arange(cache.length, cache.length + len(ids))
+        cos, sin = rope_tables(positions, self.d, self.base)
+        tp, pp = self.mapping.tp, self.mapping.pp
+        x = F.embedding(ids, self.w(0, "transformer.vocab_embedding.weight"))  # [T, H]
+        for stage in range(pp):
+            ranks = [stage * tp + r for r in range(tp)]
+            for local, layer in enumerate(self.mapping.pp_layers(self.n_layers, stage)):
+                prefix = f"transformer.layers.{local}."
+                x = x + self._attention(x, ranks, prefix, layer, cache, cos, sin)
+                x = x + self._mlp(x, ranks, prefix)
+        cache.length += len(ids)
+        last = [(pp - 1) * tp + r for r in range(tp)]
+        h = rms_norm(x, self.w(last[0], "transformer.ln_f.weight"), self.eps)
+        logits = torch.cat([h @ self.w(r, "lm_head.weight").T for r in last], dim=-1)  # gather over tp
+        return logits[:, : self.vocab]
+
+    def _attention(self, x, ranks, prefix, layer, cache, cos, sin) -> torch.Tensor:
+        t, d = x.shape[0], self.d
+        a = rms_norm(x, self.w(ranks[0], prefix + "input_layernorm.weight"), self.eps)
+        producer = self.kv_source[layer] == layer
+        q_heads = self.n_heads // len(ranks)
+        kv_heads = max(1, self.n_kv // len(ranks))
+        out = torch.zeros_like(x)
+        for tp_rank, rank in enumerate(ranks):
+            if producer:
+                qkv = a @ self.w(rank, prefix + "attention.qkv.weight").T  # [T, (q + 2 kv) * d]
+                q, k, v = qkv.split([q_heads * d, kv_heads * d, kv_heads * d], dim=-1)
+            else:
+                q = a @ self.w(rank, prefix + "attention.q.weight").T  # [T, q * d]
+            q = apply_rope(q.view(t, q_heads, d), cos, sin)
+            if self.qk_norm:
+                q = rms_norm(q, self.w(rank, prefix + "attention.q_layernorm.weight"), self.eps)
+            if producer:
+                k = apply_rope(k.reshape(t, kv_heads, d), cos, sin)
+                if self.qk_norm:
+                    k = rms_norm(k, self.w(rank, prefix + "attention.k_layernorm.weight"), self.eps)
+                keys, values = cache.append(layer, tp_rank, k, v.reshape(t, kv_heads, d))
+            else:
+                keys, values = cache.entries[(self.kv_source[layer], tp_rank)]
+            attn = _causal_gqa(q, keys, values, d)  # [T, q_heads * d]
+            out += attn @ self.w(rank, prefix + "attention.dense.weight").T  # all-reduce of row-parallel dense
+        return out
+
+    def _mlp(self, x, ranks, prefix) -> torch.Tensor:
+        m = rms_norm(x, self.w(ranks[0], prefix + "post_layernorm.weight"), self.eps)
+        out = torch.zeros_like(x)
+        if self.moe.get("num_experts", 0) <= 1:
+            for rank in ranks:
+                fc, gate = self.w(rank, prefix + "mlp.fc.weight"), self.w(rank, prefix + "mlp.gate.weight")
+                h = F.silu(m @ fc.T) * (m @ gate.T)
+                out += h @ self.w(rank, prefix + "mlp.proj.weight").T
+            return out
+        weights, experts = self._route(m, self.w(ranks[0], prefix + "mlp.router.weight"))  # [T, k] each
+        per_rank = self.moe["num_experts"] // self.mapping.moe_ep
+        for tp_rank, rank in enumerate(ranks):
+            first = self.mapping.coords(tp_rank).moe_ep_rank * per_rank
+            fc, proj = self.w(rank, prefix + "mlp.fc.weight"), self.w(rank, prefix + "mlp.proj.weight")
+            for local in range(per_rank):
+                token, slot = (experts == first + local).nonzero(as_tuple=True)
+                if token.numel():
+                    y = _swiglu(m[token] @ fc[local].T) @ proj[local].T  # [n, H]
+                    out.index_add_(0, token, y * weights[token, slot, None])
+            if self.moe.get("shared_expert_intermediate_size", 0):
+                shared = _swiglu(m @ self.w(rank, prefix + "mlp.shared_expert.fc.weight").T)
+                out += shared @ self.w(rank, prefix + "mlp.shared_expert.proj.weight").T
+        return out
+
+    def _route(self, m: torch.Tensor, router: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = m.float() @ router.T  # [T, E] float32
+        k = self.moe["top_k"]
+        if self.moe.get("normalization_mode", 0) == 1:  # RENORMALIZE: softmax over the top-k logits
+            values, experts = logits.topk(k, dim=-1)
+            return values.softmax(dim=-1), experts
+        return logits.softmax(dim=-1).topk(k, dim=-1)  # NONE: top-k of the softmax
+
+
+def _swiglu(h: torch.Tensor) -> torch.Tensor:
+    """TensorRT-LLM's ``swiglu``: the second half is the gate (SiLU), the first half the linear branch."""
+    x, gate = h.chunk(2, dim=-1)
+    return F.silu(gate) * x
+
+
+def _causal_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, d: int) -> torch.Tensor:
+    """q ``[T, Hq, d]`` attends over k, v ``[S, Hkv, d]`` (the last T of S are the new tokens)."""
+    t, hq, _ = q.shape
+    s, hkv, _ = k.shape
+    k = k.repeat_interleave(hq // hkv, dim=1)  # kv head j serves q heads j*g .. j*g+g-1
+    v = v.repeat_interleave(hq // hkv, dim=1)
+    scores = torch.einsum("thd,shd->hts", q, k) * d**-0.5  # [Hq, T, S]
+    allowed = torch.arange(s)[None, :] <= torch.arange(s - t, s)[:, None]  # [T, S]
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    return torch.einsum("hts,shd->thd", probs, v).reshape(t, hq * d)

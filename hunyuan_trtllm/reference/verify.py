@@ -1,0 +1,142 @@
+"""verify: logits of a converted checkpoint (reference executor) against an independent reference.
+
+The reference is transformers' own ``hunyuan_v1_moe`` / ``hunyuan_v1_dense`` classes where they can represent the
+model, else the plain Hugging Face-layout forward pass in :mod:`hunyuan_trtllm.reference.hf_forward` (which is
+itself checked against Tencent's logits in the golden fixtures), e.g. for Hunyuan-Large's CLA. Both run in
+float32 on weights rounded to the checkpoint's dtype, so the comparison measures the conversion (layout, sharding,
+folds), not the rounding the user chose with ``--dtype``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from hunyuan_trtllm.checkpoints.prompts import DEFAULT_PROMPTS
+from hunyuan_trtllm.checkpoints.source import open_source
+from hunyuan_trtllm.reference.executor import ReferenceExecutor
+from hunyuan_trtllm.reference.hf_forward import hf_forward
+from hunyuan_trtllm.reference.transformers_ref import transformers_logits, transformers_supports
+
+# Max |logit| difference allowed per checkpoint dtype. Both sides use the same rounded weights, so what remains is
+# float32 summation order, plus the CLA query-norm fold, which is rounded once to the checkpoint dtype.
+DEFAULT_ATOL = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class PromptResult:
+    prompt: str
+    tokens: int
+    max_abs: float
+    max_rel: float  # max |diff| / max |reference logit|
+    top1_agreement: float
+
+
+@dataclass
+class VerifyReport:
+    checkpoint: str
+    model: str
+    reference: str
+    dtype: str
+    atol: float
+    prompts: list[PromptResult]
+
+    @property
+    def max_abs(self) -> float:
+        return max(p.max_abs for p in self.prompts)
+
+    @property
+    def top1_agreement(self) -> float:
+        total = sum(p.tokens for p in self.prompts)
+        return sum(p.top1_agreement * p.tokens for p in self.prompts) / total
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs <= self.atol
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data.update(max_abs=self.max_abs, top1_agreement=self.top1_agreement, passed=self.passed)
+        return data
+
+
+def load_prompts(path: Path | None) -> dict[str, list[int]]:
+    """Prompts as token ids: a JSON object ``{name: [ids]}`` or list of id lists; default: built-in prompts."""
+    if path is None:
+        return dict(DEFAULT_PROMPTS)
+    from hunyuan_trtllm.errors import UserError
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: cannot read prompts ({exc})") from None
+    prompts = data if isinstance(data, dict) else {f"prompt_{i}": ids for i, ids in enumerate(data)}
+    valid = all(isinstance(v, list) and v and all(isinstance(i, int) for i in v) for v in prompts.values())
+    if not prompts or not valid:
+        raise UserError(f"{path}: expected {{name: [token ids]}} or [[token ids], ...] with non-empty lists")
+    return prompts
+
+
+def verify(
+    ckpt_dir: Path,
+    model: str,
+    prompts: dict[str, Sequence[int]] | None = None,
+    reference: str = "auto",
+    atol: float | None = None,
+) -> VerifyReport:
+    """Compare a converted checkpoint with the source model on a few prompts."""
+    from hunyuan_trtllm.errors import UserError
+
+    executor = ReferenceExecutor(ckpt_dir)
+    src = open_source(model)
+    dtype_name = executor.config["dtype"]
+    dtype = DTYPES[dtype_name]
+    prompts = dict(prompts or DEFAULT_PROMPTS)
+    too_big = [name for name, ids in prompts.items() if max(ids) >= src.spec.vocab_size]
+    if too_big:
+        raise UserError(f"prompt '{too_big[0]}' has token ids >= the vocabulary size {src.spec.vocab_size}")
+
+    unsupported = transformers_supports(src.spec)
+    if reference == "auto":
+        reference = "plain" if unsupported else "transformers"
+    if reference == "transformers":
+        if unsupported:
+            raise UserError(f"--reference transformers: {unsupported}; use --reference plain")
+        expected = transformers_logits(src.path, src.spec, list(prompts.values()), dtype=dtype)
+        label = "transformers (hunyuan_v1_moe/hunyuan_v1_dense)"
+    elif reference == "plain":
+
+        def get(name: str) -> torch.Tensor:
+            return src.get(name).to(dtype).float()
+
+        expected = [hf_forward(src.spec, get, ids) for ids in prompts.values()]
+        label = "plain HF-layout forward (hunyuan_trtllm.reference.hf_forward)"
+    else:
+        raise UserError(f"--reference {reference}: expected auto, transformers or plain")
+
+    results = []
+    for (name, ids), ref in zip(prompts.items(), expected, strict=True):
+        got = executor.forward(ids)
+        diff = (got - ref).abs()
+        results.append(
+            PromptResult(
+                prompt=name,
+                tokens=len(ids),
+                max_abs=diff.max().item(),
+                max_rel=(diff.max() / ref.abs().max()).item(),
+                top1_agreement=(got.argmax(-1) == ref.argmax(-1)).float().mean().item(),
+            )
+        )
+    return VerifyReport(
+        checkpoint=str(ckpt_dir),
+        model=str(model),
+        reference=label,
+        dtype=dtype_name,
+        atol=DEFAULT_ATOL[dtype_name] if atol is None else atol,
+        prompts=results,
+    )

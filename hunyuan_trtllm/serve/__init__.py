@@ -1,0 +1,1 @@
+"""Serving: trtllm-serve options, Triton model repositories and the OpenAI-compatible endpoint."""

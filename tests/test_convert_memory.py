@@ -1,0 +1,84 @@
+"""Peak memory of a conversion does not grow with the model: two checkpoints 4x apart in size, same peak RSS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from hunyuan_trtllm.checkpoints.mapping import Mapping
+from hunyuan_trtllm.checkpoints.safetensors_io import OutputEntry, save_file_streaming
+from hunyuan_trtllm.checkpoints.spec import parse_spec
+from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, hf_shape
+
+CONFIG = {
+    "architectures": ["HunYuanMoEV1ForCausalLM"], "model_type": "hunyuan", "hidden_size": 512,
+    "num_attention_heads": 8, "num_key_value_heads": 2, "attention_head_dim": 64, "intermediate_size": 512,
+    "moe_intermediate_size": [512], "num_experts": 16, "moe_topk": [2], "num_shared_expert": [1],
+    "use_mixed_mlp_moe": True, "use_qk_norm": True, "vocab_size": 1024, "tie_word_embeddings": True,
+    "rope_theta": 10000.0, "rope_scaling": {"type": "dynamic", "alpha": 1000.0, "factor": 1.0},
+    "torch_dtype": "bfloat16",
+}
+MB = 1024 * 1024
+
+
+def write_model(path, layers: int) -> int:
+    """A random A13B-shaped bf16 checkpoint, written one tensor at a time; returns its size in bytes."""
+    config = {**CONFIG, "num_hidden_layers": layers}
+    spec = parse_spec(config)
+    names = WeightPlan.build(spec, Mapping(), torch.bfloat16).hf_tensors()
+    entries = [OutputEntry(n, torch.bfloat16, hf_shape(spec, n)) for n in names]
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    generator = torch.Generator().manual_seed(0)
+    tensors = ((e.name, (0.8 + 0.4 * torch.rand(e.shape, generator=generator)).bfloat16()) for e in entries)
+    save_file_streaming(path / "model.safetensors", tensors, entries)
+    return (path / "model.safetensors").stat().st_size
+
+
+# Samples this process's RSS every 2 ms while converting (ru_maxrss alone would hide the conversion under the
+# transient peak of importing torch).
+PROBE = """
+import sys, threading, psutil
+from pathlib import Path
+from hunyuan_trtllm.checkpoints.convert import convert
+from hunyuan_trtllm.checkpoints.mapping import Mapping
+me = psutil.Process()
+before = peak = me.memory_info().rss
+done = threading.Event()
+def sample():
+    global peak
+    while not done.wait(0.002):
+        peak = max(peak, me.memory_info().rss)
+thread = threading.Thread(target=sample)
+thread.start()
+convert(Path(sys.argv[1]), Path(sys.argv[2]), Mapping(tp=int(sys.argv[3]), moe_ep=int(sys.argv[4])))
+done.set()
+thread.join()
+print(before, max(peak, me.memory_info().rss))
+"""
+
+
+def peak_rss(model, out, tp: int, ep: int) -> tuple[int, int]:
+    """(RSS after imports, peak RSS) in bytes of a conversion in a fresh process."""
+    done = subprocess.run([sys.executable, "-c", PROBE, str(model), str(out), str(tp), str(ep)],
+                          capture_output=True, text=True, check=True)
+    before, peak = (int(v) for v in done.stdout.split())
+    return before, peak
+
+
+def test_peak_rss_is_flat_across_model_sizes(tmp_path):
+    small = write_model(tmp_path / "small", layers=2)
+    large = write_model(tmp_path / "large", layers=8)
+    assert large > 3.5 * small
+    largest_output = 16 * 2 * 512 * 512 * 2  # mlp.fc [E, 2I, H] in bf16 at tp 1: 16 MiB
+    for tp, ep in [(1, 1), (2, 2)]:
+        base_small, peak_small = peak_rss(tmp_path / "small", tmp_path / f"out-small-{tp}", tp, ep)
+        base_large, peak_large = peak_rss(tmp_path / "large", tmp_path / f"out-large-{tp}", tp, ep)
+        growth_small, growth_large = peak_small - base_small, peak_large - base_large
+        # The conversion itself uses well under 2x the largest output tensor, whatever the model's size ...
+        assert growth_large <= 2 * largest_output, f"tp{tp}: conversion grew RSS by {growth_large / MB:.1f} MiB"
+        # ... and a model 4x larger costs (almost) nothing more.
+        assert growth_large - growth_small <= 8 * MB, (growth_small / MB, growth_large / MB, large / MB)
