@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import os
 from collections import Counter
 from importlib import resources
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import regex
 import tiktoken
 
+from hunyuan_trtllm.checkpoints.safetensors_io import write_atomic
 from hunyuan_trtllm.errors import UserError
 
 # The pre-tokenizer regex of Tencent's tokenization_hy.py (single digits, cl100k-like otherwise).
@@ -77,14 +77,8 @@ def write_hy_tiktoken(path: Path, ranks: dict[bytes, int]) -> None:
     """Write ranks in the ``hy.tiktoken`` format (one ``base64 rank`` line per token, by rank), atomically."""
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise ValueError("ranks must be unique and contiguous from 0")
-    lines = [f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in sorted(ranks.items(), key=_by_rank)]
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text("".join(lines), encoding="ascii")
-    os.replace(tmp, path)
-
-
-def _by_rank(item: tuple[bytes, int]) -> int:
-    return item[1]
+    by_rank = sorted(ranks, key=ranks.__getitem__)
+    write_atomic(path, "".join(f"{base64.b64encode(token).decode()} {ranks[token]}\n" for token in by_rank))
 
 
 def pretokenize(text: str) -> list[str]:

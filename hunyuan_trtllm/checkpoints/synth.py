@@ -32,6 +32,7 @@ from hunyuan_trtllm.checkpoints.hy_tokenizer import (
     train_tiny_bpe,
     write_hy_tiktoken,
 )
+from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.prompts import DEFAULT_PROMPTS
 from hunyuan_trtllm.checkpoints.safetensors_io import (
     OutputEntry,
@@ -43,6 +44,7 @@ from hunyuan_trtllm.checkpoints.safetensors_io import (
     write_atomic,
 )
 from hunyuan_trtllm.checkpoints.spec import ModelSpec, load_config, parse_spec
+from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, hf_shape
 from hunyuan_trtllm.errors import UserError
 
 ARCHS = ("a13b", "large", "dense")
@@ -132,35 +134,12 @@ def synth_config(arch: str, preset: str = "tiny", layers: int | None = None, dty
 
 
 def tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the model in Tencent's separate layout (q/k/v, gate/up), sorted by name."""
-    h, d = spec.hidden_size, spec.head_dim
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (spec.vocab_size, h), "model.norm.weight": (h,)}
-    if not spec.tie_word_embeddings:
-        shapes["lm_head.weight"] = (spec.vocab_size, h)
-    for layer in range(spec.num_layers):
-        p = f"model.layers.{layer}."
-        shapes |= {
-            p + "input_layernorm.weight": (h,),
-            p + "post_attention_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (spec.num_heads * d, h),
-            p + "self_attn.o_proj.weight": (h, spec.num_heads * d),
-            p + "self_attn.query_layernorm.weight": (d,),
-            p + "self_attn.key_layernorm.weight": (d,),
-        }
-        if spec.is_kv_producer(layer):  # CLA consumers (odd layers of Hunyuan-Large) own no k/v projections
-            shapes[p + "self_attn.k_proj.weight"] = (spec.num_kv_heads * d, h)
-            shapes[p + "self_attn.v_proj.weight"] = (spec.num_kv_heads * d, h)
-        if spec.is_moe:
-            shapes[p + "mlp.gate.wg.weight"] = (spec.num_experts, h)
-            mlps = {f"mlp.experts.{e}.": spec.expert_intermediate_size for e in range(spec.num_experts)}
-            if spec.shared_intermediate_size:
-                mlps["mlp.shared_mlp."] = spec.shared_intermediate_size
-        else:
-            mlps = {"mlp.": spec.intermediate_size}
-        for mlp, width in mlps.items():
-            shapes |= {p + mlp + "gate_proj.weight": (width, h), p + mlp + "up_proj.weight": (width, h),
-                       p + mlp + "down_proj.weight": (h, width)}
-    return dict(sorted(shapes.items()))
+    """Every tensor of the model in Tencent's separate layout (q/k/v, gate/up), sorted by name.
+
+    Taken from the weight plan (the tensors a tp=1 conversion reads), so synth and convert cannot disagree.
+    """
+    plan = WeightPlan.build(spec, Mapping(), torch.float32)
+    return dict(sorted((name, hf_shape(spec, name)) for name in plan.hf_tensors()))
 
 
 def generate_weights(shapes: dict[str, tuple[int, ...]], seed: int, dtype: torch.dtype) -> WeightStream:
