@@ -1,0 +1,124 @@
+"""trtllm-serve for Hunyuan: the ``--extra_llm_api_options`` YAML and the command line, for both back ends.
+
+- An **engine directory** (``config.json`` with ``build_config`` + ``rank{N}.engine``, TensorRT-LLM 1.2.1) runs on
+  the TensorRT backend; parallelism is fixed by the engines, the YAML only configures the KV cache.
+- A **Hugging Face checkpoint** (BF16, or FP8 from ``hunyuan-trtllm quantize``) runs on the PyTorch backend,
+  which implements ``HunYuanMoEV1ForCausalLM`` and ``HunYuanDenseV1ForCausalLM`` natively; tp/ep/pp are flags.
+
+LlmArgs written (TensorRT-LLM 1.2.x field names): ``kv_cache_config`` (free GPU memory fraction, block reuse,
+FP8 KV dtype), and for the PyTorch backend ``cuda_graph_config`` (padded graphs up to the max batch),
+``moe_config.backend`` and ``enable_attention_dp``. Attention data parallelism pays for MoE models when tensor
+parallelism exceeds the KV heads (each rank would hold a duplicate of a KV head) or in throughput mode (max batch
+>= 128), where it removes the attention all-reduces; at low concurrency plain TP has lower latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hunyuan_trtllm.checkpoints.spec import DENSE_V1, MOE_V1, ModelSpec, load_config, parse_spec
+from hunyuan_trtllm.errors import UserError
+
+NATIVE_PYTORCH_ARCHITECTURES = (MOE_V1, DENSE_V1)
+THROUGHPUT_BATCH = 128
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tp: int = 1
+    ep: int = 1
+    pp: int = 1
+    max_batch_size: int = 64
+    max_num_tokens: int = 8192
+    max_seq_len: int | None = None
+    kv_cache_free_gpu_memory_fraction: float = 0.9
+    kv_cache_dtype: str = "auto"  # auto | fp8
+    enable_block_reuse: bool = True
+    attention_dp: str = "auto"  # auto | on | off
+    moe_backend: str = "CUTLASS"
+
+
+@dataclass(frozen=True)
+class ServeTarget:
+    """What is being served and by which TensorRT-LLM backend."""
+
+    path: Path
+    backend: str  # "tensorrt" (engine dir) or "pytorch" (HF checkpoint)
+    spec: ModelSpec | None  # None for an engine dir (its config has the build's own fields)
+    engine_config: dict[str, Any] | None
+
+
+def detect_target(path: Path) -> ServeTarget:
+    """Tell an engine directory from a Hugging Face checkpoint; refuse a TensorRT-LLM checkpoint (build it first)."""
+    config = load_config(path / "config.json")
+    if "build_config" in config and "pretrained_config" in config:
+        if not any(path.glob("rank*.engine")):
+            raise UserError(f"{path}: config.json describes engines but there is no rank0.engine")
+        return ServeTarget(path, "tensorrt", None, config)
+    if "mapping" in config and "architecture" in config:
+        raise UserError(
+            f"{path}: a TensorRT-LLM checkpoint, not servable as is; build engines first "
+            f"(hunyuan-trtllm build {path} -o ENGINES) or serve the Hugging Face checkpoint"
+        )
+    spec = parse_spec(config, str(path / "config.json"))
+    return ServeTarget(path, "pytorch", spec, None)
+
+
+def attention_dp(spec: ModelSpec, options: ServeOptions) -> bool:
+    if options.attention_dp != "auto":
+        return options.attention_dp == "on"
+    if not spec.is_moe or options.tp == 1:
+        return False
+    return options.tp > spec.num_kv_heads or options.max_batch_size >= THROUGHPUT_BATCH
+
+
+def llm_api_options(target: ServeTarget, options: ServeOptions) -> dict[str, Any]:
+    """The ``--extra_llm_api_options`` YAML content (a dict; dump it with yaml or json)."""
+    kv_cache: dict[str, Any] = {
+        "free_gpu_memory_fraction": options.kv_cache_free_gpu_memory_fraction,
+        "enable_block_reuse": options.enable_block_reuse,
+    }
+    if options.kv_cache_dtype == "fp8":
+        kv_cache["dtype"] = "fp8"
+    extra: dict[str, Any] = {"kv_cache_config": kv_cache}
+    if target.backend == "pytorch":
+        assert target.spec is not None
+        extra["cuda_graph_config"] = {"enable_padding": True, "max_batch_size": options.max_batch_size}
+        if target.spec.is_moe:
+            extra["moe_config"] = {"backend": options.moe_backend}
+            extra["enable_attention_dp"] = attention_dp(target.spec, options)
+    return extra
+
+
+def trtllm_serve_command(target: ServeTarget, options: ServeOptions, extra_options_file: Path) -> list[str]:
+    """The trtllm-serve command line for this target."""
+    command = ["trtllm-serve", str(target.path), "--backend", target.backend,
+               "--host", options.host, "--port", str(options.port),
+               "--extra_llm_api_options", str(extra_options_file)]
+    if target.backend == "tensorrt":
+        tokenizer = target.path / "tokenizer"
+        command += ["--tokenizer", str(tokenizer if tokenizer.is_dir() else target.path)]
+        return command
+    assert target.spec is not None
+    if target.spec.architecture not in NATIVE_PYTORCH_ARCHITECTURES:
+        raise UserError(
+            f"{target.path}: {target.spec.architecture} has no native TensorRT-LLM PyTorch model; "
+            "Hunyuan-Large needs the custom module from the engines issue (--custom_module_dirs), not available yet"
+        )
+    command += ["--tp_size", str(options.tp), "--ep_size", str(options.ep), "--pp_size", str(options.pp),
+                "--max_batch_size", str(options.max_batch_size), "--max_num_tokens", str(options.max_num_tokens)]
+    if options.max_seq_len:
+        command += ["--max_seq_len", str(options.max_seq_len)]
+    return command
+
+
+def write_llm_api_options(target: ServeTarget, options: ServeOptions, path: Path) -> Path:
+    """Write the YAML file trtllm-serve reads with ``yaml.safe_load`` and return its path."""
+    path.write_text(yaml.safe_dump(llm_api_options(target, options), sort_keys=False))
+    return path
