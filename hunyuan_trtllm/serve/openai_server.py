@@ -121,10 +121,11 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
 
             async def sse() -> AsyncIterator[str]:
-                completion = 0
+                tokens = 0
                 async for chunk, completion in stream_body(events, include_usage):
+                    tokens = completion
                     yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-                metrics.completion_tokens.inc(completion)
+                metrics.completion_tokens.inc(tokens)
                 metrics.latency.labels(endpoint).observe(time.monotonic() - started)
                 yield "data: [DONE]\n\n"
 
@@ -145,7 +146,7 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
         thinking = (request.chat_template_kwargs or {}).get("enable_thinking", True)
         try:
             prompt = tokenizer.render_chat(messages, tools=request.tools, enable_thinking=bool(thinking))
-        except UserError as exc:
+        except (UserError, ValueError) as exc:
             raise RequestError(str(exc), param="messages") from None
         prompt_ids = tokenizer.encode(prompt)
         params = check(request, prompt_ids)
