@@ -14,7 +14,7 @@ from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.reference.executor import ReferenceExecutor
 from hunyuan_trtllm.serve.generation import GenerationParams
 from hunyuan_trtllm.serve.openai_server import create_app
-from hunyuan_trtllm.serve.reference_decoding import SamplingParams, Sequence_
+from hunyuan_trtllm.serve.reference_decoding import Generation, SamplingParams
 from hunyuan_trtllm.serve.text import HunyuanTokenizer
 
 MODEL = "hunyuan-tiny"
@@ -38,7 +38,7 @@ class ExecutorBackend:
             return
         sampling = SamplingParams(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
                                   seed=params.seed or 0)
-        sequence = Sequence_(list(prompt_ids), params.max_tokens, self.end_id, sampling)
+        sequence = Generation(list(prompt_ids), params.max_tokens, self.end_id, sampling)
         while not sequence.finished:
             token = await asyncio.to_thread(sequence.step, self.executor)
             if token is not None:

@@ -1,0 +1,95 @@
+"""A token backend over Triton's ``tensorrt_llm`` model (gRPC streaming): the C++ TensorRT-LLM backend or the
+``reference`` flavor's Python model, which share inputs and outputs.
+
+Each request opens one bidirectional stream, sends TensorRT-LLM's request tensors (``input_ids``,
+``request_output_len``, ``end_id``, ``stop_words_list``, ``streaming``, sampling parameters) and receives one
+response per generated token until the one flagged ``triton_final_response``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from hunyuan_trtllm.serve.generation import GenerationParams
+from hunyuan_trtllm.serve.reference_decoding import encode_word_list
+
+
+class TritonTokenBackend:
+    """Generate token ids with Triton's ``tensorrt_llm`` model at ``grpc_url`` (``host:port``)."""
+
+    def __init__(self, grpc_url: str, max_input_len: int, max_seq_len: int, end_id: int, pad_id: int,
+                 model: str = "tensorrt_llm"):
+        self.url, self.model = grpc_url, model
+        self.max_input_len, self.max_seq_len = max_input_len, max_seq_len
+        self.end_id, self.pad_id = end_id, pad_id
+
+    def _client(self):
+        import tritonclient.grpc.aio as grpcclient
+
+        return grpcclient.InferenceServerClient(self.url)
+
+    async def ready(self) -> bool:
+        client = self._client()
+        try:
+            return bool(await client.is_model_ready(self.model))
+        except Exception:  # an unreachable server is simply not ready
+            return False
+        finally:
+            await client.close()
+
+    def _inputs(self, prompt_ids: list[int], params: GenerationParams) -> list:
+        import tritonclient.grpc.aio as grpcclient
+
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        stop_words = [[t] for t in params.stop_token_ids if t != self.end_id]
+        tensors = {
+            "input_ids": np.array([prompt_ids], dtype=np.int32),
+            "input_lengths": np.array([[len(prompt_ids)]], dtype=np.int32),
+            "request_output_len": np.array([[params.max_tokens]], dtype=np.int32),
+            "end_id": np.array([[self.end_id]], dtype=np.int32),
+            "pad_id": np.array([[self.pad_id]], dtype=np.int32),
+            "streaming": np.array([[True]], dtype=bool),
+            "temperature": np.array([[params.temperature]], dtype=np.float32),
+            "runtime_top_k": np.array([[params.top_k]], dtype=np.int32),
+            "runtime_top_p": np.array([[params.top_p]], dtype=np.float32),
+            "seed": np.array([[seed]], dtype=np.uint64),
+            "stop_words_list": encode_word_list(stop_words)[None],
+        }
+        inputs = []
+        for name, array in tensors.items():
+            dtype = {np.int32: "INT32", np.float32: "FP32", np.uint64: "UINT64", np.bool_: "BOOL"}[array.dtype.type]
+            tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return inputs
+
+    async def stream(self, prompt_ids: list[int], params: GenerationParams) -> AsyncIterator[list[int]]:
+        import tritonclient.grpc.aio as grpcclient
+
+        client = self._client()
+        done = asyncio.Event()
+
+        async def requests():
+            yield {"model_name": self.model, "inputs": self._inputs(prompt_ids, params),
+                   "outputs": [grpcclient.InferRequestedOutput("output_ids")],
+                   "request_id": uuid.uuid4().hex, "enable_empty_final_response": True}
+            await done.wait()  # keep the stream open until the final response has arrived
+
+        try:
+            async for result, error in client.stream_infer(inputs_iterator=requests()):
+                if error is not None:
+                    raise RuntimeError(f"Triton: {error}")
+                ids = result.as_numpy("output_ids")
+                if ids is not None and ids.size:
+                    yield [int(t) for t in ids.reshape(-1)]
+                final = result.get_response().parameters.get("triton_final_response")
+                if final is not None and final.bool_param:
+                    break
+        finally:
+            done.set()
+            await client.close()

@@ -1,0 +1,193 @@
+"""Triton model ``tensorrt_llm`` of the ``reference`` flavor: TensorRT-LLM's inputs and outputs, computed on CPU.
+
+It runs :class:`hunyuan_trtllm.reference.executor.ReferenceExecutor` on a converted checkpoint and behaves like
+the C++ in-flight batcher as far as a client can tell: decoupled, one worker thread that advances every active
+request by one token per round (each with its own KV cache: the prompt once, then one token per step), at most
+``max_batch_size`` active at a time, the rest queued. Streaming responses carry the new token only, the last one
+flagged final (a stream that ends on ``end_id`` ends with a final response without tokens); otherwise one
+response carries the whole output (the prompt first unless ``exclude_input_in_output``). Inputs the reference
+cannot honour (beams, penalties, LoRA, logits, guided decoding) are refused unless at their neutral value.
+
+Parameters: ``checkpoint_dir``, ``max_batch_size``, ``max_input_len``, ``max_seq_len`` (outputs are cut to fit),
+``exclude_input_in_output`` (default for requests without that input), ``allow_streaming``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from hunyuan_trtllm.reference.executor import ReferenceExecutor
+from hunyuan_trtllm.serve.reference_decoding import Generation, SamplingParams, decode_word_list
+from hunyuan_trtllm.serve.triton_pb import (
+    RequestError,
+    error_response,
+    model_parameters,
+    optional_array,
+    required_array,
+    scalar,
+    tensor,
+)
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# Inputs accepted only at these values (what TensorRT-LLM does with them is not emulated).
+NEUTRAL = {"beam_width": 1, "num_return_sequences": 1, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+           "frequency_penalty": 0.0, "runtime_top_p_decay": 1.0, "return_log_probs": False,
+           "return_context_logits": False, "return_generation_logits": False, "return_perf_metrics": False,
+           "stop": False}
+ABSENT = ("embedding_bias", "lora_task_id", "lora_weights", "lora_config", "guided_decoding_guide_type",
+          "guided_decoding_guide")
+IDLE_WAIT_S = 0.1
+
+
+@dataclass
+class _Job:
+    """One admitted request: its sequence and how to answer it."""
+
+    request: Any
+    sender: Any
+    sequence: Generation
+    streaming: bool
+    exclude_input: bool
+    count_input: bool
+    count_output: bool
+
+
+class TritonPythonModel:
+    """Greedy / sampled generation over the reference executor, answered from a worker thread."""
+
+    def initialize(self, args: dict) -> None:
+        params = model_parameters(args)
+        self.executor = ReferenceExecutor(Path(params["checkpoint_dir"]))
+        self.max_active = int(params["max_batch_size"])
+        self.max_input_len = int(params["max_input_len"])
+        self.max_seq_len = int(params["max_seq_len"])
+        self.exclude_input = params.get("exclude_input_in_output", "true").lower() == "true"
+        self.allow_streaming = params.get("allow_streaming", "true").lower() == "true"
+        self.pending: queue.Queue[_Job] = queue.Queue()
+        self.stopping = threading.Event()
+        self.worker = threading.Thread(target=self._run, name="reference-llm", daemon=True)
+        self.worker.start()
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                self.pending.put(self._admit(request, sender))
+            except Exception as exc:  # a bad request is answered at once; the others go on
+                sender.send(error_response(exc), flags=FINAL)
+        return None
+
+    def finalize(self) -> None:
+        self.stopping.set()
+        self.worker.join(timeout=10)
+
+    # ---- requests ------------------------------------------------------------------------------------------
+    def _admit(self, request: Any, sender: Any) -> _Job:
+        ids = required_array(request, "input_ids")
+        if ids.shape[0] != 1:
+            raise RequestError(f"one sequence per request, got a batch of {ids.shape[0]}")
+        length = int(required_array(request, "input_lengths").reshape(-1)[0])
+        prompt = [int(t) for t in ids.reshape(-1)[:length]]
+        if not prompt:
+            raise RequestError("input_ids is empty")
+        if len(prompt) > self.max_input_len:
+            raise RequestError(f"the prompt has {len(prompt)} tokens; max_input_len is {self.max_input_len}")
+        wanted = int(required_array(request, "request_output_len").reshape(-1)[0])
+        if wanted <= 0:
+            raise RequestError(f"request_output_len must be positive, got {wanted}")
+        streaming = bool(scalar(request, "streaming", False))
+        if streaming and not self.allow_streaming:
+            raise RequestError("streaming needs a repository generated with streaming (decoupled) enabled")
+        self._check_unsupported(request)
+        params = SamplingParams(
+            temperature=float(scalar(request, "temperature", 1.0)),
+            top_k=int(scalar(request, "runtime_top_k", 0)),
+            top_p=float(scalar(request, "runtime_top_p", 0.0)),
+            seed=int(scalar(request, "seed", 0)),
+        )
+        try:
+            params.check()
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        sequence = Generation(
+            prompt=prompt,
+            max_new_tokens=min(wanted, self.max_seq_len - len(prompt)),
+            end_id=int(scalar(request, "end_id", -1)),
+            params=params,
+            stop_words=self._words(request, "stop_words_list"),
+            bad_words=self._words(request, "bad_words_list"),
+            min_tokens=int(scalar(request, "min_tokens", 0)),
+        )
+        if sequence.max_new_tokens <= 0:
+            raise RequestError(f"the prompt leaves no room to generate within max_seq_len {self.max_seq_len}")
+        return _Job(request, sender, sequence, streaming,
+                    exclude_input=bool(scalar(request, "exclude_input_in_output", self.exclude_input)),
+                    count_input=bool(scalar(request, "return_num_input_tokens", False)),
+                    count_output=bool(scalar(request, "return_num_output_tokens", False)))
+
+    @staticmethod
+    def _check_unsupported(request: Any) -> None:
+        for name, neutral in NEUTRAL.items():
+            value = scalar(request, name, neutral)
+            if value != neutral:
+                raise RequestError(f"{name}={value} is not supported by the reference backend (only {neutral})")
+        for name in ABSENT:
+            if optional_array(request, name) is not None:
+                raise RequestError(f"{name} is not supported by the reference backend")
+
+    @staticmethod
+    def _words(request: Any, name: str) -> list[list[int]]:
+        array = optional_array(request, name)
+        return [] if array is None else decode_word_list(array)
+
+    # ---- the worker ----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        active: list[_Job] = []
+        while not self.stopping.is_set():
+            if not active:
+                try:
+                    active.append(self.pending.get(timeout=IDLE_WAIT_S))
+                except queue.Empty:
+                    continue
+            while len(active) < self.max_active and not self.pending.empty():
+                active.append(self.pending.get_nowait())
+            active = [job for job in active if self._advance(job)]
+
+    def _advance(self, job: _Job) -> bool:
+        """One step of ``job``; False once it has been answered for good."""
+        try:
+            if job.request.is_cancelled():
+                job.sender.send(flags=FINAL)
+                return False
+            token = job.sequence.step(self.executor)
+            finished = job.sequence.finished
+            if job.streaming and (token is not None or finished):
+                new = [] if token is None else [token]  # a stream ending on end_id ends with no token
+                job.sender.send(self._response(job, new, final=finished), flags=FINAL if finished else 0)
+            elif finished:
+                tokens = job.sequence.tokens if job.exclude_input else job.sequence.prompt + job.sequence.tokens
+                job.sender.send(self._response(job, tokens, final=True), flags=FINAL)
+            return not finished
+        except Exception as exc:  # the request fails, the worker goes on
+            pb_utils.Logger.log_error(f"reference tensorrt_llm: {type(exc).__name__}: {exc}")
+            job.sender.send(error_response(exc), flags=FINAL)
+        return False
+
+    @staticmethod
+    def _response(job: _Job, tokens: list[int], final: bool = False) -> Any:
+        outputs = [
+            tensor("output_ids", np.array(tokens, dtype=np.int32).reshape(1, 1, len(tokens)), np.int32),
+            tensor("sequence_length", [[len(tokens)]], np.int32),
+        ]
+        if final and job.count_input:
+            outputs.append(tensor("num_input_tokens", [[len(job.sequence.prompt)]], np.int32))
+        if final and job.count_output:
+            outputs.append(tensor("num_output_tokens", [[len(job.sequence.tokens)]], np.int32))
+        return pb_utils.InferenceResponse(output_tensors=outputs)
