@@ -36,7 +36,7 @@ class HunyuanGroup(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted; finished files are kept, partial ones are not (re-run to resume)", err=True)
+            click.echo("interrupted", err=True)
             sys.exit(130)
 
 
@@ -90,10 +90,6 @@ def print_json(data: Any) -> None:
 
 
 def main() -> None:
-    from hunyuan_trtllm import commands  # noqa: F401  (registers the subcommands)
+    from hunyuan_trtllm import commands, serve_commands  # noqa: F401  (register the subcommands)
 
     cli()
-
-
-if __name__ == "__main__":
-    main()

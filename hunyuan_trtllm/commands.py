@@ -98,9 +98,13 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, wo
     if workers < 1:
         raise UserError("--workers must be at least 1")
     progress, start = byte_progress("convert", quiet or as_json)
-    with progress or contextlib.nullcontext():
-        result = run_convert(model, out_dir, mapping, dtype=dtype, workers=workers,
-                             ranks=parse_ranks(ranks, mapping.world_size), overwrite=overwrite, progress=start)
+    try:
+        with progress or contextlib.nullcontext():
+            result = run_convert(model, out_dir, mapping, dtype=dtype, workers=workers,
+                                 ranks=parse_ranks(ranks, mapping.world_size), overwrite=overwrite, progress=start)
+    except KeyboardInterrupt:
+        console.print("finished rank files are kept, partial ones are not; run the same command to resume")
+        raise
     speed = result.bytes_written / max(result.seconds, 1e-9) / GB
     summary = {
         "output": str(result.out_dir), "complete": result.complete, "world_size": mapping.world_size,

@@ -164,7 +164,7 @@ class TritonPythonModel:
         """One step of ``job``; False once it has been answered for good."""
         try:
             if job.request.is_cancelled():
-                job.sender.send(flags=FINAL)
+                _send_quietly(job.sender, None)
                 return False
             token = job.sequence.step(self.executor)
             finished = job.sequence.finished
@@ -177,7 +177,7 @@ class TritonPythonModel:
             return not finished
         except Exception as exc:  # the request fails, the worker goes on
             pb_utils.Logger.log_error(f"reference tensorrt_llm: {type(exc).__name__}: {exc}")
-            job.sender.send(error_response(exc), flags=FINAL)
+            _send_quietly(job.sender, error_response(exc))
         return False
 
     @staticmethod
@@ -191,3 +191,14 @@ class TritonPythonModel:
         if final and job.count_output:
             outputs.append(tensor("num_output_tokens", [[len(job.sequence.tokens)]], np.int32))
         return pb_utils.InferenceResponse(output_tensors=outputs)
+
+
+def _send_quietly(sender: Any, response: Any) -> None:
+    """Close a request with a final response; a client that already went away (cancelled stream) is not an error."""
+    try:
+        if response is None:
+            sender.send(flags=FINAL)
+        else:
+            sender.send(response, flags=FINAL)
+    except Exception as exc:  # the stub raises plain exceptions for closed streams
+        pb_utils.Logger.log_verbose(f"reference tensorrt_llm: final response not delivered ({exc})")

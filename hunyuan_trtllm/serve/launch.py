@@ -1,0 +1,136 @@
+"""Start the serving stacks: Triton (+ the OpenAI endpoint in front of it) or trtllm-serve, and stop them cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from hunyuan_trtllm.errors import UserError
+from hunyuan_trtllm.serve.openai_server import create_app
+from hunyuan_trtllm.serve.pbtxt import parse
+from hunyuan_trtllm.serve.process import start_process_group, stop_process_group, wait_ready
+from hunyuan_trtllm.serve.repository import RepoOptions, read_engine_facts, write_triton_repo
+from hunyuan_trtllm.serve.text import HunyuanTokenizer
+from hunyuan_trtllm.serve.triton_backend import TritonTokenBackend
+from hunyuan_trtllm.serve.trtllm_serve import ServeOptions, detect_target, trtllm_serve_command, write_llm_api_options
+
+TRITON_PORTS = (8000, 8001, 8002)  # HTTP, gRPC, metrics: Triton's defaults, which probes and scrapers expect
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A running OpenAI endpoint: where it listens and what it serves."""
+
+    url: str
+    model: str
+    triton_url: str | None = None
+
+
+def default_tokenizer_dir(ckpt: Path) -> Path:
+    """The Hugging Face directory a converted checkpoint came from (recorded in its manifest)."""
+    manifest = ckpt / "manifest.json"
+    if manifest.is_file():
+        source = Path(json.loads(manifest.read_text())["source"]["path"])
+        if (source / "config.json").is_file():
+            return source
+    raise UserError(f"{ckpt}: cannot tell where the tokenizer is; pass --tokenizer (the Hugging Face model dir)")
+
+
+def _limits(repo: Path) -> tuple[int, int]:
+    """(max_input_len, max_seq_len) of a generated repository's ``tensorrt_llm`` model."""
+    meta = json.loads((repo / "repo.json").read_text())
+    source = Path(meta["source"])
+    if meta["flavor"] == "engine":
+        facts = read_engine_facts(source)
+        return facts.max_input_len, facts.max_seq_len
+    where = repo / "tensorrt_llm" / "config.pbtxt"
+    params = parse(where.read_text(), str(where)).parameters
+    return int(params["max_input_len"].string_value), int(params["max_seq_len"].string_value)
+
+
+@contextlib.contextmanager
+def openai_endpoint(backend: TritonTokenBackend, tokenizer: HunyuanTokenizer, model: str, host: str,
+                    port: int) -> Iterator[str]:
+    """Run the OpenAI endpoint (uvicorn) in a thread for the duration of the ``with`` block; yields its URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(create_app(backend, tokenizer, model), host=host, port=port,
+                                           log_level="warning", lifespan="off", timeout_graceful_shutdown=3))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise UserError(f"the OpenAI endpoint could not listen on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@contextlib.contextmanager
+def reference_stack(ckpt: Path, tokenizer_dir: Path, host: str, port: int, model: str,
+                    max_batch_size: int | None = None, max_seq_len: int | None = None) -> Iterator[Endpoint]:
+    """A converted checkpoint served on CPU: reference repository -> bundled Triton -> OpenAI endpoint."""
+    from hunyuan_trtllm.serve.triton_server import TritonServer
+
+    tokenizer = HunyuanTokenizer.from_model_dir(tokenizer_dir)
+    work = Path(tempfile.mkdtemp(prefix="hunyuan-serve-"))
+    try:
+        options = RepoOptions(tokenizer_dir=tokenizer_dir, max_seq_len=max_seq_len)
+        repo = write_triton_repo(ckpt, work / "repo", "reference", max_batch_size=max_batch_size, options=options)
+        max_input_len, limit = _limits(repo)
+        with TritonServer(repo) as triton:
+            backend = TritonTokenBackend(f"127.0.0.1:{triton.grpc_port}", max_input_len, limit,
+                                         tokenizer.eos_token_id, tokenizer.pad_token_id or tokenizer.eos_token_id)
+            with openai_endpoint(backend, tokenizer, model, host, port) as url:
+                yield Endpoint(url, model, triton.url)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_trtllm_serve(target_dir: Path, options: ServeOptions, work: Path, ready_timeout: float) -> None:
+    """Write the LLM-API YAML, run trtllm-serve until Ctrl-C, print where it listens."""
+    target = detect_target(target_dir)
+    extra = write_llm_api_options(target, options, work / "extra_llm_api_options.yaml")
+    command = trtllm_serve_command(target, options, extra)
+    if shutil.which(command[0]) is None:
+        raise UserError("trtllm-serve not found: run inside nvcr.io/nvidia/tensorrt-llm/release:1.2.1 (or the "
+                        "tritonserver:26.07-trtllm-python-py3 image), or install the 'trtllm' extra on a GPU host")
+    _run_until_interrupted(command, f"http://{options.host}:{options.port}/health", ready_timeout,
+                           f"OpenAI endpoint (trtllm-serve, {target.backend} backend): "
+                           f"http://{options.host}:{options.port}/v1")
+
+
+def run_system_triton(repo: Path, ready_timeout: float) -> None:
+    """Run the image's own ``tritonserver`` on a generated repository until Ctrl-C."""
+    if shutil.which("tritonserver") is None:
+        raise UserError("tritonserver not found: run inside nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3, "
+                        "or use --dry-run for the CPU reference server")
+    http, grpc, metrics = TRITON_PORTS
+    command = ["tritonserver", f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}",
+               f"--metrics-port={metrics}"]
+    _run_until_interrupted(command, f"http://127.0.0.1:{http}/v2/health/ready", ready_timeout,
+                           f"Triton: http://127.0.0.1:{http} (gRPC {grpc}, metrics {metrics})")
+
+
+def _run_until_interrupted(command: list[str], ready_url: str, timeout: float, banner: str) -> None:
+    from hunyuan_trtllm.cli import console
+
+    console.print(f"[bold]starting[/] {' '.join(command)}")
+    process = start_process_group(command)
+    try:
+        wait_ready(process, ready_url, timeout)
+        console.print(f"[green]ready[/] {banner}  (Ctrl-C to stop)")
+        process.wait()
+    finally:
+        stop_process_group(process)

@@ -1,0 +1,163 @@
+"""Serving subcommands: triton-repo and serve."""
+
+from __future__ import annotations
+
+import json
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from hunyuan_trtllm.cli import cli, console, print_json, print_table
+from hunyuan_trtllm.errors import UserError
+
+FLAVOR_HELP = "engine: TensorRT-LLM 1.2.1 engines; llmapi: PyTorch backend (HF checkpoint); reference: CPU emulation"
+
+
+def _kind(path: Path) -> str:
+    """'engine', 'checkpoint' (converted TensorRT-LLM checkpoint) or 'hf' (Hugging Face model)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{path}: no readable config.json (expected engines, a converted checkpoint or an HF model)") \
+            from None
+    if "build_config" in config:
+        return "engine"
+    return "checkpoint" if "mapping" in config and "architecture" in config else "hf"
+
+
+@cli.command("triton-repo")
+@click.argument("source", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Repository to write.")
+@click.option("--flavor", type=click.Choice(["auto", "engine", "llmapi", "reference"]), default="auto",
+              show_default=True, help=FLAVOR_HELP + "; auto picks from SOURCE.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
+              help="Hugging Face model dir with the tokenizer (default: the engine/checkpoint's own record).")
+@click.option("--max-batch-size", type=int, default=None, help="Default: the engine's (engine flavor).")
+@click.option("--streaming/--no-streaming", default=True, show_default=True, help="Decoupled streaming models.")
+@click.option("--tp", default=1, show_default=True, help="llmapi: tensor_parallel_size.")
+@click.option("--ep", default=1, show_default=True, help="llmapi: moe_expert_parallel_size.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing repository.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
+def triton_repo(source: Path, out: Path, flavor: str, tokenizer: Path | None, max_batch_size: int | None,
+                streaming: bool, tp: int, ep: int, overwrite: bool, as_json: bool) -> None:
+    """Write a Triton model repository for SOURCE; every config.pbtxt is validated against Triton's protobuf.
+
+    \b
+    Examples:
+      hunyuan-trtllm triton-repo engines/ -o repo --tokenizer ./Hunyuan-A13B-Instruct       # engine flavor
+      hunyuan-trtllm triton-repo ./Hunyuan-A13B-Instruct -o repo --tp 8 --ep 8             # llmapi flavor
+      hunyuan-trtllm triton-repo ckpt/ -o repo --flavor reference                          # CPU reference
+    """
+    from hunyuan_trtllm.serve.launch import default_tokenizer_dir
+    from hunyuan_trtllm.serve.repository import RepoOptions, write_triton_repo
+
+    kind = _kind(source)
+    if flavor == "auto":
+        flavor = {"engine": "engine", "checkpoint": "reference", "hf": "llmapi"}[kind]
+    if flavor in ("engine", "reference") and tokenizer is None:
+        tokenizer = source / "tokenizer" if (source / "tokenizer").is_dir() else None
+        tokenizer = tokenizer or (default_tokenizer_dir(source) if kind == "checkpoint" else source)
+    options = RepoOptions(tokenizer_dir=tokenizer, tp=tp, ep=ep)
+    repo = write_triton_repo(source, out, flavor, max_batch_size, streaming, options, overwrite)
+    meta = json.loads((repo / "repo.json").read_text())
+    models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
+    if as_json:
+        print_json({"repository": str(repo), "models": models, **meta})
+        return
+    print_table(f"Triton repository {repo}", [("flavor", flavor), ("models", ", ".join(models)),
+                                              ("world size", meta.get("world_size")), ("streaming", streaming),
+                                              ("validated", "every config.pbtxt parses as Triton's ModelConfig")])
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--with", "runner", type=click.Choice(["trtllm-serve", "triton"]), default="trtllm-serve",
+              show_default=True, help="The server to run (on a GPU host / NVIDIA image).")
+@click.option("--dry-run", is_flag=True,
+              help="Serve on this CPU: the reference flavor in the Triton bundled with nvidia-pytriton.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address of the OpenAI endpoint.")
+@click.option("--port", default=8000, show_default=True, help="Port of the OpenAI endpoint.")
+@click.option("--model-name", default=None, help="Model id in /v1/models (default: the directory name).")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None, help="HF model dir with the tokenizer.")
+@click.option("--tp", default=1, show_default=True, help="Tensor parallel size (PyTorch backend).")
+@click.option("--ep", default=1, show_default=True, help="Expert parallel size (PyTorch backend).")
+@click.option("--pp", default=1, show_default=True, help="Pipeline parallel size (PyTorch backend).")
+@click.option("--max-batch-size", default=64, show_default=True)
+@click.option("--max-num-tokens", default=8192, show_default=True)
+@click.option("--max-seq-len", type=int, default=None, help="Default: the model's.")
+@click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto", show_default=True)
+@click.option("--attention-dp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
+@click.option("--ready-timeout", default=1800.0, show_default=True, help="Seconds to wait for the server.")
+def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_name: str | None,
+          tokenizer: Path | None, tp: int, ep: int, pp: int, max_batch_size: int, max_num_tokens: int,
+          max_seq_len: int | None, kv_cache_dtype: str, attention_dp: str, ready_timeout: float) -> None:
+    """Serve SOURCE (engines, a converted checkpoint or an HF model) behind an OpenAI-compatible endpoint.
+
+    \b
+    Examples:
+      hunyuan-trtllm serve ./Hunyuan-A13B-Instruct --tp 8 --ep 8            # trtllm-serve, PyTorch backend
+      hunyuan-trtllm serve engines/ --with trtllm-serve                     # TensorRT backend (1.2.1)
+      hunyuan-trtllm serve engines/ --with triton --tokenizer ./Hunyuan-A13B-Instruct
+      hunyuan-trtllm serve ckpt/ --dry-run --port 8000                      # CPU, real Triton, no GPU
+    """
+    from hunyuan_trtllm.serve.trtllm_serve import ServeOptions
+
+    signal.signal(signal.SIGTERM, _interrupt)  # `docker stop` / Kubernetes: shut down like Ctrl-C, cleaning up
+    name = model_name or source.resolve().name
+    if dry_run:
+        _dry_run(source, tokenizer, host, port, name, max_seq_len)
+        return
+    if runner == "trtllm-serve":
+        from hunyuan_trtllm.serve.launch import run_trtllm_serve
+
+        options = ServeOptions(host=host, port=port, tp=tp, ep=ep, pp=pp, max_batch_size=max_batch_size,
+                               max_num_tokens=max_num_tokens, max_seq_len=max_seq_len,
+                               kv_cache_dtype=kv_cache_dtype, attention_dp=attention_dp)
+        with tempfile.TemporaryDirectory(prefix="hunyuan-trtllm-serve-") as work:
+            run_trtllm_serve(source, options, Path(work), ready_timeout)
+        return
+    from hunyuan_trtllm.serve.launch import run_system_triton
+    from hunyuan_trtllm.serve.repository import RepoOptions, write_triton_repo
+
+    kind = _kind(source)
+    if kind == "checkpoint":
+        raise UserError(f"{source}: a converted checkpoint; build engines first, or use --dry-run to serve it on CPU")
+    flavor = "engine" if kind == "engine" else "llmapi"
+    with tempfile.TemporaryDirectory(prefix="hunyuan-triton-") as work:
+        options = RepoOptions(tokenizer_dir=tokenizer or source, tp=tp, ep=ep, pp=pp, max_seq_len=max_seq_len)
+        repo = write_triton_repo(source, Path(work) / "repo", flavor, options=options)
+        run_system_triton(repo, ready_timeout)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _dry_run(source: Path, tokenizer: Path | None, host: str, port: int, name: str, max_seq_len: int | None) -> None:
+    from hunyuan_trtllm.serve.launch import default_tokenizer_dir, reference_stack
+
+    kind = _kind(source)
+    if kind == "engine":
+        raise UserError(f"{source}: engines need a GPU; --dry-run serves a converted checkpoint or an HF model")
+    with tempfile.TemporaryDirectory(prefix="hunyuan-dry-run-") as work:
+        ckpt = source
+        if kind == "hf":
+            from hunyuan_trtllm.checkpoints.convert import convert
+            from hunyuan_trtllm.checkpoints.mapping import Mapping
+
+            console.print(f"converting {source} for the CPU reference (tp 1)")
+            ckpt = convert(source, Path(work) / "ckpt", Mapping()).out_dir
+            tokenizer = tokenizer or source
+        tokenizer = tokenizer or default_tokenizer_dir(ckpt)
+        console.print("starting Triton (nvidia-pytriton's bundled server, CPU, reference flavor) ...")
+        with reference_stack(ckpt, tokenizer, host, port, name, max_seq_len=max_seq_len) as endpoint:
+            console.print(f"[green]ready[/] OpenAI endpoint: {endpoint.url}/v1 (model '{name}'); "
+                          f"Triton: {endpoint.triton_url}  (Ctrl-C to stop)")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                console.print("stopping ...")

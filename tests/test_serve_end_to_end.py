@@ -1,0 +1,212 @@
+"""The whole serving stack on CPU: generated reference repository -> real Triton (nvidia-pytriton) -> OpenAI
+endpoint -> the official ``openai`` client; and ``hunyuan-trtllm serve --dry-run`` as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytest.importorskip("pytriton", reason="nvidia-pytriton (the Triton server bundled for CPU tests) is not installed")
+openai = pytest.importorskip("openai")
+
+from hunyuan_trtllm.checkpoints.convert import convert  # noqa: E402
+from hunyuan_trtllm.checkpoints.mapping import Mapping  # noqa: E402
+from hunyuan_trtllm.reference.executor import ReferenceExecutor  # noqa: E402
+from hunyuan_trtllm.serve.launch import reference_stack  # noqa: E402
+from hunyuan_trtllm.serve.text import HunyuanTokenizer  # noqa: E402
+
+MODEL = "hunyuan-a13b-tiny"
+
+REPLAY_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+SCRIPT = {script}
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            limit = int(pb_utils.get_input_tensor_by_name(request, "request_output_len").as_numpy().reshape(-1)[0])
+            for token in SCRIPT[:limit]:
+                sender.send(pb_utils.InferenceResponse([
+                    pb_utils.Tensor("output_ids", np.array([[[token]]], dtype=np.int32)),
+                    pb_utils.Tensor("sequence_length", np.array([[1]], dtype=np.int32))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_models, tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("serve") / "ckpt"
+    convert(tiny_models["a13b"], ckpt, Mapping(tp=2, moe_ep=2), dtype="float32")
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def stack(checkpoint, tiny_models):
+    with reference_stack(checkpoint, tiny_models["a13b"], "127.0.0.1", free_port(), MODEL) as endpoint:
+        yield endpoint
+
+
+def greedy(checkpoint, prompt_ids: list[int], steps: int) -> list[int]:
+    """A plain step-by-step argmax over the reference executor (no cache)."""
+    executor, ids = ReferenceExecutor(checkpoint), list(prompt_ids)
+    for _ in range(steps):
+        ids.append(int(executor.forward(ids)[-1].argmax()))
+    return ids[len(prompt_ids):]
+
+
+def test_chat_through_real_triton_matches_greedy_reference(stack, checkpoint, tiny_models):
+    tokenizer = HunyuanTokenizer.from_model_dir(tiny_models["a13b"])
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "你好，Triton"}]
+    prompt_ids = tokenizer.encode(tokenizer.render_chat(messages))
+    expected_ids = greedy(checkpoint, prompt_ids, 10)
+    cut = next((i for i, t in enumerate(expected_ids) if t in tokenizer.stop_token_ids), len(expected_ids))
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none")
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0)
+    raw = tokenizer.decode(expected_ids[:cut])
+    choice = reply.choices[0]
+    assert (getattr(choice.message, "reasoning_content", None) or "") + (choice.message.content or "") == raw.strip(
+        "\n") or choice.message.content == raw
+    assert reply.usage.prompt_tokens == len(prompt_ids)
+    chunks = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    streamed, usage = "", None
+    for chunk in chunks:
+        if chunk.choices:
+            delta = chunk.choices[0].delta
+            streamed += (getattr(delta, "reasoning_content", None) or "") + (delta.content or "")
+        usage = chunk.usage or usage
+    assert streamed == (getattr(choice.message, "reasoning_content", None) or "") + (choice.message.content or "")
+    assert usage.completion_tokens == reply.usage.completion_tokens
+
+
+def test_sampling_is_seeded(stack):
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none")
+
+    def sample(seed: int) -> str:
+        return client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, temperature=1.0,
+                                         top_p=0.9, seed=seed).choices[0].text
+
+    assert sample(7) == sample(7)
+    assert len({sample(s) for s in range(4)}) > 1
+
+
+def test_32_concurrent_streams_equal_sequential(stack):
+    prompts = [f"Prompt number {i}: 数字 {i}" for i in range(32)]
+    client = openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="none")
+
+    async def one(prompt: str) -> str:
+        stream = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0,
+                                                 stream=True)
+        return "".join([chunk.choices[0].text async for chunk in stream if chunk.choices])
+
+    async def run() -> tuple[list[str], list[str]]:
+        sequential = [await one(p) for p in prompts]
+        concurrent = await asyncio.gather(*(one(p) for p in prompts))
+        return sequential, list(concurrent)
+
+    sequential, concurrent = asyncio.run(run())
+    assert concurrent == sequential and all(sequential)
+
+
+def test_bad_requests_keep_the_server_serving(stack):
+    def post(body: bytes) -> int:
+        request = urllib.request.Request(f"{stack.url}/v1/chat/completions", data=body,
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    good = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert post(b"{malformed") == 400
+    assert post(json.dumps({**good, "model": "nope"}).encode()) == 404
+    assert post(json.dumps({**good, "max_tokens": 0}).encode()) == 400
+    assert post(json.dumps({**good, "messages": [{"role": "user", "content": "x " * 40000}]}).encode()) == 400
+    assert post(json.dumps(good).encode()) == 200
+
+
+def test_tool_call_from_fixture_output(checkpoint, tiny_models, tmp_path):
+    """The model's part is replayed from a fixture output; Triton, the endpoint and the client are real."""
+    from hunyuan_trtllm.serve.launch import TritonTokenBackend, openai_endpoint
+    from hunyuan_trtllm.serve.repository import RepoOptions, write_triton_repo
+    from hunyuan_trtllm.serve.triton_server import TritonServer
+
+    tokenizer = HunyuanTokenizer.from_model_dir(tiny_models["a13b"])
+    output = ('<think>\nNeed the weather.\n</think>\n<answer>\n<tool_calls>[{"name": "get_weather", "arguments": '
+              '{"city": "深圳"}}]</tool_calls>\n</answer>')
+    script = tokenizer.encode(output) + [tokenizer.eos_token_id]
+    repo = write_triton_repo(checkpoint, tmp_path / "repo", "reference",
+                             options=RepoOptions(tokenizer_dir=tiny_models["a13b"], max_seq_len=4096))
+    (repo / "tensorrt_llm" / "1" / "model.py").write_text(REPLAY_MODEL.format(script=script))
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    with TritonServer(repo) as triton:
+        backend = TritonTokenBackend(f"127.0.0.1:{triton.grpc_port}", 4000, 4096, tokenizer.eos_token_id,
+                                     tokenizer.pad_token_id)
+        with openai_endpoint(backend, tokenizer, MODEL, "127.0.0.1", free_port()) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
+            messages = [{"role": "user", "content": "深圳天气?"}]
+            reply = client.chat.completions.create(model=MODEL, messages=messages, tools=tools, max_tokens=200)
+            choice = reply.choices[0]
+            assert choice.finish_reason == "tool_calls"
+            assert choice.message.tool_calls[0].function.name == "get_weather"
+            assert json.loads(choice.message.tool_calls[0].function.arguments) == {"city": "深圳"}
+            assert choice.message.reasoning_content == "Need the weather."
+            stream = client.chat.completions.create(model=MODEL, messages=messages, tools=tools, max_tokens=200,
+                                                    stream=True)
+            calls = [c for chunk in stream if chunk.choices for c in (chunk.choices[0].delta.tool_calls or [])]
+            assert [c.function.name for c in calls] == ["get_weather"]
+
+
+def test_serve_dry_run_command(checkpoint, tmp_path):
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen([sys.executable, "-m", "hunyuan_trtllm", "serve", str(checkpoint), "--dry-run",
+                                "--port", str(port), "--model-name", MODEL], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=4, temperature=0)
+        assert reply.usage.completion_tokens >= 1
+        os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, output
+    assert "ready" in output and f"http://127.0.0.1:{port}/v1" in output
+    leftovers = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert not leftovers
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("hunyuan-", "hy-triton-"))]
