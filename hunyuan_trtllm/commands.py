@@ -201,7 +201,8 @@ def synth(arch: str, preset: str, layers: int | None, seed: int, dtype: str | No
 @click.option("-o", "--output", "work_dir", type=click.Path(path_type=Path), default=None,
               help="Keep the demo files here (default: a temporary directory).")
 def demo(work_dir: Path | None) -> None:
-    """The whole pipeline on a built-in tiny A13B: synth -> convert (TP2 x EP2) -> verify. No GPU, no downloads.
+    """The whole pipeline on a built-in tiny A13B, no GPU, no downloads: synth -> convert (TP2 x EP2) -> verify
+    -> serve through the real Triton server on CPU and answer one chat request.
 
     \b
     Example:
@@ -217,15 +218,49 @@ def demo(work_dir: Path | None) -> None:
         base = Path(base)
         model, ckpt = base / "hunyuan-a13b-tiny", base / "trtllm-ckpt-tp2-ep2"
         if not model.exists():
-            console.print("[bold]1/3 synth[/] a tiny Hunyuan-A13B in Tencent's format")
+            console.print("[bold]1/4 synth[/] a tiny Hunyuan-A13B in Tencent's format")
             synth_checkpoint(model, "a13b", preset="tiny", dtype="float32")
-        console.print("[bold]2/3 convert[/] to TensorRT-LLM at TP2 x EP2 (float32)")
+        console.print("[bold]2/4 convert[/] to TensorRT-LLM at TP2 x EP2 (float32)")
         run_convert(model, ckpt, Mapping(tp=2, moe_ep=2), dtype="float32", overwrite=True)
-        console.print("[bold]3/3 verify[/] reference executor on the rank files vs transformers on the HF model")
+        console.print("[bold]3/4 verify[/] reference executor on the rank files vs an independent reference")
         report = run_verify(ckpt, str(model))
         print_verify_table(report)
+        console.print("[bold]4/4 serve[/] reference repository -> Triton (CPU) -> OpenAI endpoint; one chat request")
+        _demo_chat(ckpt, model)
         if work_dir:
             console.print(f"files kept in {os.fspath(work_dir)}")
     if not report.passed:
         raise SystemExit(1)
 
+
+
+def _demo_chat(ckpt: Path, model: Path) -> None:
+    """Serve the converted checkpoint through the real Triton server and print one chat completion."""
+    import importlib.util
+    import json
+    import socket
+    import urllib.request
+
+    if importlib.util.find_spec("pytriton") is None:
+        console.print("[yellow]skipped:[/] the Triton server for CPU comes with nvidia-pytriton "
+                      "(pip install -e '.[demo]')")
+        return
+    from hunyuan_trtllm.serve.launch import reference_stack
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with reference_stack(ckpt, model, "127.0.0.1", port, "hunyuan-a13b-tiny") as endpoint:
+        request = {"model": endpoint.model, "max_tokens": 16, "temperature": 0,
+                   "messages": [{"role": "user", "content": "你好! Tell me about Hunyuan."}]}
+        post = urllib.request.Request(f"{endpoint.url}/v1/chat/completions", data=json.dumps(request).encode(),
+                                      headers={"content-type": "application/json"})
+        with urllib.request.urlopen(post, timeout=120) as response:
+            reply = json.loads(response.read())
+    message = reply["choices"][0]["message"]
+    print_table(f"POST {endpoint.url}/v1/chat/completions (random weights: the words mean nothing)", [
+        ("request", request["messages"][0]["content"]),
+        ("reasoning_content", repr(message.get("reasoning_content"))),
+        ("content", repr(message["content"])),
+        ("finish_reason / usage", f"{reply['choices'][0]['finish_reason']} / {reply['usage']}"),
+    ])

@@ -90,10 +90,13 @@ def triton_repo(source: Path, out: Path, flavor: str, tokenizer: Path | None, ma
 @click.option("--max-seq-len", type=int, default=None, help="Default: the model's.")
 @click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto", show_default=True)
 @click.option("--attention-dp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
+@click.option("--triton-port", default=8000, show_default=True,
+              help="--with triton: Triton's HTTP port (gRPC and metrics on the next two).")
 @click.option("--ready-timeout", default=1800.0, show_default=True, help="Seconds to wait for the server.")
 def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_name: str | None,
           tokenizer: Path | None, tp: int, ep: int, pp: int, max_batch_size: int, max_num_tokens: int,
-          max_seq_len: int | None, kv_cache_dtype: str, attention_dp: str, ready_timeout: float) -> None:
+          max_seq_len: int | None, kv_cache_dtype: str, attention_dp: str, triton_port: int,
+          ready_timeout: float) -> None:
     """Serve SOURCE (engines, a converted checkpoint or an HF model) behind an OpenAI-compatible endpoint.
 
     \b
@@ -129,7 +132,7 @@ def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_
     with tempfile.TemporaryDirectory(prefix="hunyuan-triton-") as work:
         options = RepoOptions(tokenizer_dir=tokenizer or source, tp=tp, ep=ep, pp=pp, max_seq_len=max_seq_len)
         repo = write_triton_repo(source, Path(work) / "repo", flavor, options=options)
-        run_system_triton(repo, ready_timeout)
+        run_system_triton(repo, ready_timeout, triton_port)
 
 
 def _interrupt(signum: int, frame: object) -> None:

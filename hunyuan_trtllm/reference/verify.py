@@ -9,6 +9,7 @@ folds), not the rounding the user chose with ``--dtype``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -102,6 +103,8 @@ def verify(
         raise UserError(f"prompt '{too_big[0]}' has token ids >= the vocabulary size {src.spec.vocab_size}")
 
     unsupported = transformers_supports(src.spec)
+    if unsupported is None and importlib.util.find_spec("transformers") is None:
+        unsupported = "transformers is not installed (pip install 'hunyuan-trtllm[demo]')"
     if reference == "auto":
         reference = "plain" if unsupported else "transformers"
     if reference == "transformers":

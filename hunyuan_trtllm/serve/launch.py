@@ -21,7 +21,7 @@ from hunyuan_trtllm.serve.text import HunyuanTokenizer
 from hunyuan_trtllm.serve.triton_backend import TritonTokenBackend
 from hunyuan_trtllm.serve.trtllm_serve import ServeOptions, detect_target, trtllm_serve_command, write_llm_api_options
 
-TRITON_PORTS = (8000, 8001, 8002)  # HTTP, gRPC, metrics: Triton's defaults, which probes and scrapers expect
+TRITON_HTTP_PORT = 8000  # then gRPC 8001 and metrics 8002: Triton's defaults, which probes and scrapers expect
 
 
 @dataclass(frozen=True)
@@ -111,12 +111,12 @@ def run_trtllm_serve(target_dir: Path, options: ServeOptions, work: Path, ready_
                            f"http://{options.host}:{options.port}/v1")
 
 
-def run_system_triton(repo: Path, ready_timeout: float) -> None:
+def run_system_triton(repo: Path, ready_timeout: float, http_port: int = TRITON_HTTP_PORT) -> None:
     """Run the image's own ``tritonserver`` on a generated repository until Ctrl-C."""
     if shutil.which("tritonserver") is None:
         raise UserError("tritonserver not found: run inside nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3, "
                         "or use --dry-run for the CPU reference server")
-    http, grpc, metrics = TRITON_PORTS
+    http, grpc, metrics = http_port, http_port + 1, http_port + 2
     command = ["tritonserver", f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}",
                f"--metrics-port={metrics}"]
     _run_until_interrupted(command, f"http://127.0.0.1:{http}/v2/health/ready", ready_timeout,
