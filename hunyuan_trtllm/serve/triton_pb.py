@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -101,3 +102,14 @@ def output_array(response: Any, name: str) -> np.ndarray | None:
     """An output of a BLS response as numpy, or None when the model did not produce it."""
     tensor_ = pb_utils.get_output_tensor_by_name(response, name)
     return None if tensor_ is None else tensor_.as_numpy()
+
+
+def respond_each(requests: list, respond: Callable[[Any], Any]) -> list:
+    """One response per request (non-decoupled models); a failure becomes that request's error response."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(respond(request))
+        except Exception as exc:  # the request fails, the others are still answered
+            responses.append(error_response(exc))
+    return responses

@@ -12,7 +12,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from hunyuan_trtllm.serve.text import HunyuanTokenizer
-from hunyuan_trtllm.serve.triton_pb import error_response, model_parameters, required_array, string_tensor
+from hunyuan_trtllm.serve.triton_pb import model_parameters, required_array, respond_each, string_tensor
 
 
 class TritonPythonModel:
@@ -24,13 +24,7 @@ class TritonPythonModel:
         self.skip_special = params.get("skip_special_tokens", "true").lower() == "true"
 
     def execute(self, requests: list) -> list:
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._respond(request))
-            except Exception as exc:  # every failure becomes that request's error response
-                responses.append(error_response(exc))
-        return responses
+        return respond_each(requests, self._respond)
 
     def _respond(self, request: object) -> object:
         tokens = required_array(request, "TOKENS_BATCH")

@@ -18,10 +18,10 @@ from hunyuan_trtllm.serve.text import HunyuanTokenizer
 from hunyuan_trtllm.serve.triton_pb import (
     RequestError,
     batch_size,
-    error_response,
     model_parameters,
     optional_array,
     required_array,
+    respond_each,
     scalar,
     tensor,
     texts,
@@ -48,13 +48,7 @@ class TritonPythonModel:
         self.allow_special = params.get("allow_special_tokens", "true").lower() == "true"
 
     def execute(self, requests: list) -> list:
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._respond(request))
-            except Exception as exc:  # every failure becomes that request's error response
-                responses.append(error_response(exc))
-        return responses
+        return respond_each(requests, self._respond)
 
     def _respond(self, request: object) -> object:
         queries = required_array(request, "QUERY")
