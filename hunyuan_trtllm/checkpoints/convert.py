@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 from hunyuan_trtllm import __version__
+from hunyuan_trtllm.checkpoints.fp8 import fp8_plan, quantization_config, source_scales
+from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.safetensors_io import (
     OutputEntry,
@@ -82,7 +84,7 @@ def check_source(src: SourceCheckpoint, plan: WeightPlan) -> None:
                 f"{src.path}: tensor '{name}' has shape {list(actual)} but config.json implies {list(expected)}"
             )
         stored = src.tensors[src.resolve(Read(name))[0].name][1].dtype
-        if stored not in SOURCE_DTYPES:
+        if stored not in SOURCE_DTYPES and not (src.fp8 and stored == torch.float8_e4m3fn):
             raise CheckpointError(f"{src.path}: tensor '{name}' is {stored}; expected bfloat16, float16 or float32")
     first_rank_of_each_stage = plan.ranks[:: plan.mapping.tp]
     for tensor in (t for rank in first_rank_of_each_stage for t in rank if t.combine):
@@ -98,15 +100,29 @@ def convert(
     ranks: list[int] | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], ProgressFn] | None = None,
+    scales: Fp8Scales | None = None,
+    kv_cache_fp8: bool = False,
 ) -> ConvertResult:
     """Convert MODEL into a TensorRT-LLM checkpoint in ``out_dir``.
 
-    ``progress(total_bytes, already_done)`` may return a callback that receives bytes as they are written.
+    ``dtype="fp8"``: per-tensor FP8 weights (bfloat16 activations) with ``scales`` from calibration, or, for an
+    FP8 source (Tencent's format), the scales stored in it. ``progress(total_bytes, already_done)`` may return a
+    callback that receives bytes as they are written.
     """
     start = time.perf_counter()
     src = open_source(model)
-    plan = WeightPlan.build(src.spec, mapping, resolve_dtype(dtype, src.spec.torch_dtype))
+    quantization = None
+    plan = WeightPlan.build(src.spec, mapping, resolve_dtype("bfloat16" if dtype == "fp8" else dtype,
+                                                             src.spec.torch_dtype))
     check_source(src, plan)
+    if dtype == "fp8":
+        if scales is None and not src.fp8:
+            raise UserError("--dtype fp8 from an unquantized checkpoint needs activation scales: calibrate with "
+                            "--calib-builtin or --calib-data FILE.jsonl")
+        plan = fp8_plan(plan, scales or source_scales(src, plan), kv_cache_fp8)
+        quantization = quantization_config(kv_cache_fp8)
+    elif kv_cache_fp8:
+        raise UserError("--kv-cache-dtype fp8 goes with --dtype fp8")
     wanted = ranks if ranks is not None else list(range(mapping.world_size))
     _prepare_output(out_dir, plan, overwrite)
     done = [r for r in wanted if _rank_is_complete(out_dir, plan, r)]
@@ -126,7 +142,7 @@ def convert(
 
     complete = all(rank_file(out_dir, r).is_file() for r in range(mapping.world_size))
     if complete:
-        config = trtllm_config(src.spec, mapping, plan.dtype)
+        config = trtllm_config(src.spec, mapping, plan.dtype, quantization)
         write_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     _write_manifest(out_dir, src, plan)
     return ConvertResult(

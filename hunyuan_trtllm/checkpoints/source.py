@@ -91,6 +91,7 @@ class SourceCheckpoint:
                 self.tensors.setdefault(name, (file, info))
         self._check_index()
         self._fds: dict[Path, int] = {}
+        self.fp8 = _is_fp8(self.config, path)
         # The fused-qkv layout needs head counts, so the config's spec is used until shapes are reconciled.
         self.spec: ModelSpec = parse_spec(self.config, str(path / "config.json"))
         self.spec = _reconcile(self.spec, self)
@@ -165,7 +166,18 @@ class SourceCheckpoint:
         tensor = tensor.view(rows[1] - rows[0], *inner[1:]) if inner else tensor.view(())
         if piece.cols:
             tensor = tensor[:, piece.cols[0] : piece.cols[1]].contiguous()
+        if tensor.dtype == torch.float8_e4m3fn:  # FP8 storage (Tencent's FP8 release): dequantize
+            tensor = tensor.float() * self.scalar(_weight_scale_name(piece.name))
         return tensor
+
+    def scalar(self, name: str) -> float:
+        """A stored scalar (or one-element) tensor such as ``...q_proj.input_scale``."""
+        if name not in self.tensors:
+            raise CheckpointError(f"{self.path}: FP8 checkpoint without '{name}'")
+        value = self._read_physical(PhysicalRead(name))
+        if value.numel() != 1:
+            raise CheckpointError(f"{self.path}: '{name}' should be one per-tensor scale, not {list(value.shape)}")
+        return float(value.float().reshape(()))
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -325,3 +337,21 @@ def _reconcile(spec: ModelSpec, src: SourceCheckpoint) -> ModelSpec:
     if notes:
         spec = dataclasses.replace(spec, notes=tuple(notes), **changes)
     return spec
+
+
+def _weight_scale_name(weight: str) -> str:
+    return weight.removesuffix(".weight") + ".weight_scale"
+
+
+def _is_fp8(config: dict, path: Path) -> bool:
+    """Tencent's FP8 releases: ``quantization_config {quant_method: fp8, activation_scheme: static}``."""
+    quant = config.get("quantization_config")
+    if not quant:
+        return False
+    method, scheme = quant.get("quant_method"), quant.get("activation_scheme", "static")
+    if method != "fp8" or scheme != "static" or quant.get("weight_block_size"):
+        raise CheckpointError(
+            f"{path / 'config.json'}: quantization_config {method!r} (activation_scheme {scheme!r}) is not supported; "
+            "only per-tensor static FP8 (Tencent's FP8 release) or unquantized checkpoints"
+        )
+    return True

@@ -22,8 +22,9 @@ from hunyuan_trtllm.checkpoints.spec import ModelSpec
 DTYPE_STRINGS = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
-def trtllm_config(spec: ModelSpec, mapping: Mapping, dtype: torch.dtype) -> dict[str, Any]:
-    """Build config.json for a converted checkpoint."""
+def trtllm_config(spec: ModelSpec, mapping: Mapping, dtype: torch.dtype,
+                  quantization: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build config.json for a converted checkpoint (``quantization``: see :mod:`hunyuan_trtllm.checkpoints.fp8`)."""
     layers = range(spec.num_layers)
     config: dict[str, Any] = {
         "architecture": spec.architecture,
@@ -44,7 +45,7 @@ def trtllm_config(spec: ModelSpec, mapping: Mapping, dtype: torch.dtype) -> dict
         "rotary_base": spec.rotary_base,
         "rotary_scaling": None,
         "mapping": mapping.to_dict(),
-        "quantization": {"quant_algo": None, "kv_cache_quant_algo": None, "exclude_modules": None},
+        "quantization": quantization or {"quant_algo": None, "kv_cache_quant_algo": None, "exclude_modules": None},
         "use_parallel_embedding": False,
         "embedding_sharding_dim": 0,
         "tie_word_embeddings": spec.tie_word_embeddings,

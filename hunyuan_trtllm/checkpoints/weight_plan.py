@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hunyuan_trtllm.checkpoints.fp8_scales import quantize_e4m3
 from hunyuan_trtllm.checkpoints.mapping import Mapping, RankCoords
 from hunyuan_trtllm.checkpoints.safetensors_io import DTYPE_CODES, dtype_size
 from hunyuan_trtllm.checkpoints.source import Read
@@ -60,6 +61,8 @@ class TensorPlan:
     stacked: bool = False
     combine: str | None = None
     pad_rows: int = 0
+    fp8_scales: tuple[float, ...] | None = None  # e4m3 with these dequant scales (one, or one per stacked part)
+    constant: tuple[float, ...] | None = None  # a tensor of these values (FP8 scale tensors), no sources
 
     @property
     def nbytes(self) -> int:
@@ -291,7 +294,8 @@ class WeightPlan:
         return {
             f"rank{r}": [
                 {"name": t.name, "shape": list(t.shape), "dtype": DTYPE_CODES[t.dtype], "rule": t.rule,
-                 "sources": t.sources}
+                 "sources": t.sources, **({"fp8_scales": list(t.fp8_scales)} if t.fp8_scales else {}),
+                 **({"values": list(t.constant)} if t.constant else {})}
                 for t in tensors
             ]
             for r, tensors in enumerate(self.ranks)
@@ -333,6 +337,8 @@ def materialize(plan: TensorPlan, read: Callable[[Read], torch.Tensor], part: in
 
     Everything is computed in the source precision (or float32 for combined tensors) and cast once at the end.
     """
+    if plan.constant is not None:
+        return torch.tensor(plan.constant, dtype=plan.dtype).reshape(plan.shape)
     parts = plan.parts if part is None else (plan.parts[part],)
     built = []
     for reads in parts:
@@ -349,6 +355,9 @@ def materialize(plan: TensorPlan, read: Callable[[Read], torch.Tensor], part: in
             built.append(torch.empty((0, *plan.shape[1:]), dtype=plan.dtype))
         else:
             built.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=plan.concat_dim))
+    if plan.fp8_scales is not None:  # quantize each part with its own scale (one per expert when stacked)
+        scales = plan.fp8_scales if part is None else (plan.fp8_scales[part],)
+        built = [quantize_e4m3(b, scales[i if len(scales) > 1 else 0]) for i, b in enumerate(built)]
     tensor = torch.stack(built) if plan.stacked and part is None else built[0]
     if plan.pad_rows:
         pad = torch.zeros((plan.pad_rows, *tensor.shape[1:]), dtype=tensor.dtype)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from hunyuan_trtllm.checkpoints.fp8_scales import fake_quant
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.errors import CheckpointError
 
@@ -82,6 +83,9 @@ class ReferenceExecutor:
         self.moe = cfg.get("moe") or {}
         self.vocab = cfg["vocab_size"]
         self.kv_source = cfg.get("cla_kv_source_layer") or list(range(self.n_layers))
+        quant = cfg.get("quantization") or {}
+        self.fp8 = quant.get("quant_algo") == "FP8"  # e4m3 weights, inputs quantized before each GEMM
+        self.kv_fp8 = quant.get("kv_cache_quant_algo") == "FP8"  # K and V stored in e4m3
         self.cache_weights = cache_weights
         self._weights: dict[tuple[int, str], torch.Tensor] = {}
         self._files = {}
@@ -103,6 +107,20 @@ class ReferenceExecutor:
         if self.cache_weights:
             self._weights[key] = tensor
         return tensor
+
+    def gemm(self, rank: int, base: str, x: torch.Tensor, expert: int | None = None) -> torch.Tensor:
+        """``x @ W^T`` for linear ``base`` (``expert``: one slice of a stacked expert weight).
+
+        FP8 checkpoints: the e4m3 weight times its ``weights_scaling_factor`` (per expert for experts), and the
+        input rounded through e4m3 with ``activation_scaling_factor`` first, as TensorRT-LLM's FP8 GEMMs do.
+        """
+        w = self.w(rank, base + ".weight")
+        w = w if expert is None else w[expert]
+        if self.fp8 and (base + ".weights_scaling_factor") in self._files[rank].keys():
+            scale = self.w(rank, base + ".weights_scaling_factor")
+            w = w * (scale if expert is None else scale[expert])
+            x = fake_quant(x, self.w(rank, base + ".activation_scaling_factor"))
+        return x @ w.T
 
     def new_cache(self) -> KVCache:
         return KVCache()
@@ -138,10 +156,10 @@ class ReferenceExecutor:
         out = torch.zeros_like(x)
         for tp_rank, rank in enumerate(ranks):
             if producer:
-                qkv = a @ self.w(rank, prefix + "attention.qkv.weight").T  # [T, (q + 2 kv) * d]
+                qkv = self.gemm(rank, prefix + "attention.qkv", a)  # [T, (q + 2 kv) * d]
                 q, k, v = qkv.split([q_heads * d, kv_heads * d, kv_heads * d], dim=-1)
             else:
-                q = a @ self.w(rank, prefix + "attention.q.weight").T  # [T, q * d]
+                q = self.gemm(rank, prefix + "attention.q", a)  # [T, q * d]
             q = apply_rope(q.view(t, q_heads, d), cos, sin)
             if self.qk_norm:
                 q = rms_norm(q, self.w(rank, prefix + "attention.q_layernorm.weight"), self.eps)
@@ -149,11 +167,15 @@ class ReferenceExecutor:
                 k = apply_rope(k.reshape(t, kv_heads, d), cos, sin)
                 if self.qk_norm:
                     k = rms_norm(k, self.w(rank, prefix + "attention.k_layernorm.weight"), self.eps)
-                keys, values = cache.append(layer, tp_rank, k, v.reshape(t, kv_heads, d))
+                v = v.reshape(t, kv_heads, d)
+                if self.kv_fp8:  # the cache holds e4m3 K and V
+                    kv_scale = self.w(rank, prefix + "attention.kv_cache_scaling_factor")
+                    k, v = fake_quant(k, kv_scale), fake_quant(v, kv_scale)
+                keys, values = cache.append(layer, tp_rank, k, v)
             else:
                 keys, values = cache.entries[(self.kv_source[layer], tp_rank)]
             attn = _causal_gqa(q, keys, values, d)  # [T, q_heads * d]
-            out += attn @ self.w(rank, prefix + "attention.dense.weight").T  # all-reduce of row-parallel dense
+            out += self.gemm(rank, prefix + "attention.dense", attn)  # all-reduce of row-parallel dense
         return out
 
     def _mlp(self, x, ranks, prefix) -> torch.Tensor:
@@ -161,23 +183,22 @@ class ReferenceExecutor:
         out = torch.zeros_like(x)
         if self.moe.get("num_experts", 0) <= 1:
             for rank in ranks:
-                fc, gate = self.w(rank, prefix + "mlp.fc.weight"), self.w(rank, prefix + "mlp.gate.weight")
-                h = F.silu(m @ fc.T) * (m @ gate.T)
-                out += h @ self.w(rank, prefix + "mlp.proj.weight").T
+                h = F.silu(self.gemm(rank, prefix + "mlp.fc", m)) * self.gemm(rank, prefix + "mlp.gate", m)
+                out += self.gemm(rank, prefix + "mlp.proj", h)
             return out
         weights, experts = self._route(m, self.w(ranks[0], prefix + "mlp.router.weight"))  # [T, k] each
         per_rank = self.moe["num_experts"] // self.mapping.moe_ep
         for tp_rank, rank in enumerate(ranks):
             first = self.mapping.coords(tp_rank).moe_ep_rank * per_rank
-            fc, proj = self.w(rank, prefix + "mlp.fc.weight"), self.w(rank, prefix + "mlp.proj.weight")
             for local in range(per_rank):
                 token, slot = (experts == first + local).nonzero(as_tuple=True)
                 if token.numel():
-                    y = _swiglu(m[token] @ fc[local].T) @ proj[local].T  # [n, H]
+                    h = _swiglu(self.gemm(rank, prefix + "mlp.fc", m[token], local))
+                    y = self.gemm(rank, prefix + "mlp.proj", h, local)  # [n, H]
                     out.index_add_(0, token, y * weights[token, slot, None])
             if self.moe.get("shared_expert_intermediate_size", 0):
-                shared = _swiglu(m @ self.w(rank, prefix + "mlp.shared_expert.fc.weight").T)
-                out += shared @ self.w(rank, prefix + "mlp.shared_expert.proj.weight").T
+                shared = _swiglu(self.gemm(rank, prefix + "mlp.shared_expert.fc", m))
+                out += self.gemm(rank, prefix + "mlp.shared_expert.proj", shared)
         return out
 
     def _route(self, m: torch.Tensor, router: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
