@@ -161,14 +161,18 @@ def print_verify_table(report) -> None:
     from rich.table import Table
 
     table = Table(title=f"verify {report.checkpoint} against {report.model}", title_justify="left")
-    for column in ("prompt", "tokens", "max abs", "max rel", "top-1 agree"):
+    for column in ("prompt", "tokens", "max abs", "max rel", "min cosine", "top-1 agree"):
         table.add_column(column, justify="right" if column != "prompt" else "left")
     for p in report.prompts:
-        table.add_row(p.prompt, str(p.tokens), f"{p.max_abs:.2e}", f"{p.max_rel:.2e}", f"{p.top1_agreement:.1%}")
+        table.add_row(p.prompt, str(p.tokens), f"{p.max_abs:.2e}", f"{p.max_rel:.2e}", f"{p.min_cosine:.5f}",
+                      f"{p.top1_agreement:.1%}")
     stdout.print(table)
     verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
-    stdout.print(f"reference: {report.reference}; dtype {report.dtype}; "
-                 f"max abs {report.max_abs:.2e} vs tolerance {report.atol:g}: {verdict}")
+    if report.quantization:
+        bar = f"{report.quantization}: min cosine {report.min_cosine:.4f} vs required {report.min_cosine_required}"
+    else:
+        bar = f"dtype {report.dtype}; max abs {report.max_abs:.2e} vs tolerance {report.atol:g}"
+    stdout.print(f"reference: {report.reference}; {bar}; top-1 {report.top1_agreement:.1%}: {verdict}")
 
 
 @cli.command()
