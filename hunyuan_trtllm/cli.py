@@ -90,6 +90,6 @@ def print_json(data: Any) -> None:
 
 
 def main() -> None:
-    from hunyuan_trtllm import commands, serve_commands  # noqa: F401  (register the subcommands)
+    from hunyuan_trtllm import commands, quantize_commands, serve_commands  # noqa: F401  (register the subcommands)
 
     cli()

@@ -11,6 +11,7 @@ import click
 
 from hunyuan_trtllm.cli import byte_progress, cli, console, print_json, print_table, stdout
 from hunyuan_trtllm.errors import UserError
+from hunyuan_trtllm.fp8_cli import calibration_options, resolve_scales
 
 GB = 1e9
 
@@ -70,15 +71,20 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--ep", default=1, show_default=True, help="Expert-parallel size for MoE layers (divides --tp).")
 @click.option("--pp", default=1, show_default=True, help="Pipeline-parallel size.")
 @click.option("--dtype", default="auto", show_default=True,
-              type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
-              help="Weight dtype; auto keeps the checkpoint's.")
+              type=click.Choice(["auto", "bfloat16", "float16", "float32", "fp8"]),
+              help="Weight dtype; auto keeps the checkpoint's; fp8: per-tensor FP8 (quant_algo FP8, bf16 activations).")
+@calibration_options
+@click.option("--save-scales", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="With --dtype fp8: also write the FP8 scales used (JSON) for later runs (--scales).")
 @click.option("--workers", default=1, show_default=True, help="Worker processes.")
 @click.option("--ranks", default=None, help="Convert only these ranks, e.g. 0-3 (split a conversion over machines).")
 @click.option("--overwrite", is_flag=True, help="Replace whatever the output directory holds.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, workers: int, ranks: str | None,
-            overwrite: bool, quiet: bool, as_json: bool) -> None:
+def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv_cache_dtype: str,
+            calib_data: Path | None, calib_builtin: bool, calib_samples: int, calib_seq_len: int, calib_device: str,
+            scales_file: Path | None, save_scales: Path | None, workers: int, ranks: str | None, overwrite: bool,
+            quiet: bool, as_json: bool) -> None:
     """Convert MODEL to a TensorRT-LLM checkpoint (config.json + rank{N}.safetensors).
 
     Reads only the slices each rank needs, writes every rank file atomically, and resumes an interrupted
@@ -90,6 +96,9 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, wo
       hunyuan-trtllm convert ./Hunyuan-A13B-Instruct -o ckpt --tp 8 --ep 8 --workers 2
       hunyuan-trtllm convert tencent/Hunyuan-A13B-Instruct -o ckpt --tp 4 --ep 2 --pp 2
       hunyuan-trtllm convert ./Hunyuan-Large -o ckpt --tp 16 --ep 16 --ranks 0-7   # this machine's half
+      hunyuan-trtllm convert ./Hunyuan-A13B-Instruct-FP8 -o ckpt --tp 4 --ep 4 --dtype fp8   # scales from the source
+      hunyuan-trtllm convert ./Hunyuan-A13B-Instruct -o ckpt --tp 4 --ep 4 --dtype fp8 --kv-cache-dtype fp8 \\
+          --calib-builtin --calib-samples 128
     """
     from hunyuan_trtllm.checkpoints.convert import convert as run_convert
     from hunyuan_trtllm.checkpoints.mapping import Mapping, parse_ranks
@@ -97,11 +106,20 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, wo
     mapping = Mapping(tp=tp, pp=pp, moe_ep=ep)
     if workers < 1:
         raise UserError("--workers must be at least 1")
+    scales = None
+    if dtype == "fp8":
+        from hunyuan_trtllm.checkpoints.source import open_source
+
+        scales = resolve_scales(open_source(model), calib_data, calib_builtin, calib_samples, calib_seq_len,
+                                calib_device, scales_file)
+        if save_scales and scales is not None:
+            scales.save(save_scales)
     progress, start = byte_progress("convert", quiet or as_json)
     try:
         with progress or contextlib.nullcontext():
             result = run_convert(model, out_dir, mapping, dtype=dtype, workers=workers,
-                                 ranks=parse_ranks(ranks, mapping.world_size), overwrite=overwrite, progress=start)
+                                 ranks=parse_ranks(ranks, mapping.world_size), overwrite=overwrite, progress=start,
+                                 scales=scales, kv_cache_fp8=kv_cache_dtype == "fp8")
     except KeyboardInterrupt:
         console.print("finished rank files are kept, partial ones are not; run the same command to resume")
         raise
