@@ -59,6 +59,7 @@ from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.safetensors_io import (
     DTYPE_NAMES,
     OutputEntry,
+    check_new_output_dir,
     create_partial,
     finish_partial,
     plan_file,
@@ -132,7 +133,7 @@ def quantize_checkpoint(
     out_dir = Path(out_dir)
     files = _layout(source.spec, kv_cache_fp8, scales)
     total = sum(entry.nbytes for entries in files.values() for entry in entries)
-    _check_destination(out_dir, total)
+    check_new_output_dir(out_dir, total)
     tmp = out_dir.with_name(f".{out_dir.name}.quantize-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -261,12 +262,3 @@ def _write_configs(folder: Path, source: SourceCheckpoint, kv_cache_fp8: bool, f
     write_atomic(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     if format == "trtllm":
         write_atomic(folder / HF_QUANT_CONFIG, json.dumps(hf_quant_config(kv_cache_fp8), indent=2) + "\n")
-
-
-def _check_destination(out_dir: Path, nbytes: int) -> None:
-    """Refuse a non-empty ``out_dir`` or a disk without room; create the parent folder."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir}: already exists and is not empty; choose a new output directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if shutil.disk_usage(out_dir.parent).free < nbytes * 1.05:
-        raise UserError(f"{out_dir.parent}: not enough free disk space for {nbytes / 2**30:.1f} GiB of weights")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from hunyuan_trtllm.errors import CheckpointError
+from hunyuan_trtllm.errors import CheckpointError, UserError
 
 DTYPE_CODES: dict[torch.dtype, str] = {
     torch.float32: "F32",
@@ -151,6 +152,15 @@ def plan_file(entries: Iterable[OutputEntry], metadata: dict[str, str] | None = 
     prefix = struct.pack("<Q", len(blob)) + blob
     offsets = {name: len(prefix) + rel for name, rel in relative.items()}
     return FileLayout(prefix, offsets, len(prefix) + cursor)
+
+
+def check_new_output_dir(out_dir: Path, nbytes: int) -> None:
+    """Refuse a non-empty ``out_dir`` or a disk without room for ``nbytes``; create the parent folder."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"{out_dir}: already exists and is not empty; choose a new output directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(out_dir.parent).free < nbytes * 1.05:
+        raise UserError(f"{out_dir.parent}: not enough free disk space for {nbytes / 2**30:.1f} GiB of weights")
 
 
 def partial_path(final: Path) -> Path:

@@ -36,6 +36,7 @@ from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.prompts import DEFAULT_PROMPTS
 from hunyuan_trtllm.checkpoints.safetensors_io import (
     OutputEntry,
+    check_new_output_dir,
     create_partial,
     dtype_size,
     finish_partial,
@@ -85,7 +86,7 @@ def synth_checkpoint(
     config = synth_config(arch, preset, layers, dtype)
     spec = parse_spec(config, "synthetic config.json")
     shapes = tensor_shapes(spec)
-    _check_destination(out_dir, sum(math.prod(s) for s in shapes.values()) * dtype_size(DTYPES[spec.torch_dtype]))
+    check_new_output_dir(out_dir, sum(math.prod(s) for s in shapes.values()) * dtype_size(DTYPES[spec.torch_dtype]))
     tmp = out_dir.with_name(f".{out_dir.name}.synth-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -106,15 +107,6 @@ def synth_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return parse_spec(load_config(out_dir / "config.json"), str(out_dir / "config.json"))
-
-
-def _check_destination(out_dir: Path, weight_bytes: int) -> None:
-    """Refuse a non-empty ``out_dir`` or a disk without room for the weights; create the parent folder."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir}: already exists and is not empty; choose a new output directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if shutil.disk_usage(out_dir.parent).free < weight_bytes * 1.05:
-        raise UserError(f"{out_dir.parent}: not enough free disk space for {weight_bytes / 2**30:.1f} GiB of weights")
 
 
 def synth_config(arch: str, preset: str = "tiny", layers: int | None = None, dtype: str | None = None) -> dict:
