@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +38,33 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         models[arch] = base / arch
         synth_checkpoint(models[arch], arch, preset="tiny", dtype="float32")
     return models
+
+
+# Samples the process's RSS every 2 ms while `work` runs (ru_maxrss alone would hide the work under the transient
+# peak of importing torch); prints RSS before the work and the peak.
+_RSS_PROBE = """
+import sys, threading, psutil
+{setup}
+me = psutil.Process()
+before = peak = me.memory_info().rss
+done = threading.Event()
+def sample():
+    global peak
+    while not done.wait(0.002):
+        peak = max(peak, me.memory_info().rss)
+thread = threading.Thread(target=sample)
+thread.start()
+{work}
+done.set()
+thread.join()
+print(before, max(peak, me.memory_info().rss))
+"""
+
+
+def measure_rss(setup: str, work: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(RSS after ``setup``, peak RSS during ``work``) in bytes, in a fresh Python process given ``args``."""
+    code = _RSS_PROBE.format(setup=setup, work=work)
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True,
+                          env={**os.environ, **(env or {})})
+    before, peak = (int(v) for v in done.stdout.split())
+    return before, peak

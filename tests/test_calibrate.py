@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,8 @@ from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.reference.hf_forward import hf_forward
 from hunyuan_trtllm.serve.text import HunyuanTokenizer
+
+from .conftest import measure_rss
 
 SAMPLES = list(DEFAULT_PROMPTS.values())  # router margins >= 2e-3 on the tiny presets (synth's seed scan)
 MB = 1024 * 1024
@@ -212,27 +211,14 @@ def test_jsonl_errors_name_file_and_line(tiny_models: dict[str, Path], tmp_path:
 
 # Samples this process's RSS every 2 ms while calibrating (ru_maxrss would hide it under the import of torch).
 # A first calibration of one sample warms torch's kernels and thread pools (a one-time ~17 MiB) before measuring.
-PROBE = """
-import json, sys, threading, psutil
+PROBE_SETUP = """
+import json
 from pathlib import Path
 from hunyuan_trtllm.checkpoints.calibrate import calibrate
 from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
 source = SourceCheckpoint(Path(sys.argv[1]))
 samples = json.loads(sys.argv[2])
-calibrate(source, samples[:1])
-me = psutil.Process()
-before = peak = me.memory_info().rss
-done = threading.Event()
-def sample():
-    global peak
-    while not done.wait(0.002):
-        peak = max(peak, me.memory_info().rss)
-thread = threading.Thread(target=sample)
-thread.start()
-calibrate(source, samples)
-done.set()
-thread.join()
-print(before, max(peak, me.memory_info().rss))
+calibrate(source, samples[:1])  # one-time torch start-up costs, outside the measurement
 """
 # glibc's default mmap threshold slides up to the largest block freed so far, after which the freed layers'
 # sub-threshold blocks stay in the heap as holes: RSS then also holds about one more layer's worth of free
@@ -243,9 +229,8 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 def calibration_growth(model: Path, samples: list[list[int]]) -> int:
     """Peak RSS minus RSS before calibrating, in bytes, of a calibration in a fresh process."""
-    done = subprocess.run([sys.executable, "-c", PROBE, str(model), json.dumps(samples)], capture_output=True,
-                          text=True, check=True, env={**os.environ, **MALLOC_ENV})
-    before, peak = (int(v) for v in done.stdout.split())
+    before, peak = measure_rss(PROBE_SETUP, "calibrate(source, samples)", str(model), json.dumps(samples),
+                               env=MALLOC_ENV)
     return peak - before
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import torch
 
@@ -12,6 +10,8 @@ from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.safetensors_io import OutputEntry, save_file_streaming
 from hunyuan_trtllm.checkpoints.spec import parse_spec
 from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, hf_shape
+
+from .conftest import measure_rss
 
 CONFIG = {
     "architectures": ["HunYuanMoEV1ForCausalLM"], "model_type": "hunyuan", "hidden_size": 512,
@@ -38,35 +38,12 @@ def write_model(path, layers: int) -> int:
     return (path / "model.safetensors").stat().st_size
 
 
-# Samples this process's RSS every 2 ms while converting (ru_maxrss alone would hide the conversion under the
-# transient peak of importing torch).
-PROBE = """
-import sys, threading, psutil
-from pathlib import Path
-from hunyuan_trtllm.checkpoints.convert import convert
-from hunyuan_trtllm.checkpoints.mapping import Mapping
-me = psutil.Process()
-before = peak = me.memory_info().rss
-done = threading.Event()
-def sample():
-    global peak
-    while not done.wait(0.002):
-        peak = max(peak, me.memory_info().rss)
-thread = threading.Thread(target=sample)
-thread.start()
-convert(Path(sys.argv[1]), Path(sys.argv[2]), Mapping(tp=int(sys.argv[3]), moe_ep=int(sys.argv[4])))
-done.set()
-thread.join()
-print(before, max(peak, me.memory_info().rss))
-"""
-
-
 def peak_rss(model, out, tp: int, ep: int) -> tuple[int, int]:
     """(RSS after imports, peak RSS) in bytes of a conversion in a fresh process."""
-    done = subprocess.run([sys.executable, "-c", PROBE, str(model), str(out), str(tp), str(ep)],
-                          capture_output=True, text=True, check=True)
-    before, peak = (int(v) for v in done.stdout.split())
-    return before, peak
+    setup = ("from pathlib import Path\nfrom hunyuan_trtllm.checkpoints.convert import convert\n"
+             "from hunyuan_trtllm.checkpoints.mapping import Mapping")
+    work = "convert(Path(sys.argv[1]), Path(sys.argv[2]), Mapping(tp=int(sys.argv[3]), moe_ep=int(sys.argv[4])))"
+    return measure_rss(setup, work, str(model), str(out), str(tp), str(ep))
 
 
 def test_peak_rss_is_flat_across_model_sizes(tmp_path):
