@@ -39,10 +39,12 @@ def _kind(path: Path) -> str:
 @click.option("--streaming/--no-streaming", default=True, show_default=True, help="Decoupled streaming models.")
 @click.option("--tp", default=1, show_default=True, help="llmapi: tensor_parallel_size.")
 @click.option("--ep", default=1, show_default=True, help="llmapi: moe_expert_parallel_size.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="llmapi: let TensorRT-LLM execute the checkpoint's own Python code (e.g. its tokenizer class).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing repository.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
 def triton_repo(source: Path, out: Path, flavor: str, tokenizer: Path | None, max_batch_size: int | None,
-                streaming: bool, tp: int, ep: int, overwrite: bool, as_json: bool) -> None:
+                streaming: bool, tp: int, ep: int, trust_remote_code: bool, overwrite: bool, as_json: bool) -> None:
     """Write a Triton model repository for SOURCE; every config.pbtxt is validated against Triton's protobuf.
 
     \b
@@ -60,7 +62,7 @@ def triton_repo(source: Path, out: Path, flavor: str, tokenizer: Path | None, ma
     if flavor in ("engine", "reference") and tokenizer is None:
         tokenizer = source / "tokenizer" if (source / "tokenizer").is_dir() else None
         tokenizer = tokenizer or (default_tokenizer_dir(source) if kind == "checkpoint" else source)
-    options = RepoOptions(tokenizer_dir=tokenizer, tp=tp, ep=ep)
+    options = RepoOptions(tokenizer_dir=tokenizer, tp=tp, ep=ep, trust_remote_code=trust_remote_code)
     repo = write_triton_repo(source, out, flavor, max_batch_size, streaming, options, overwrite)
     meta = json.loads((repo / "repo.json").read_text())
     models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
@@ -90,13 +92,15 @@ def triton_repo(source: Path, out: Path, flavor: str, tokenizer: Path | None, ma
 @click.option("--max-seq-len", type=int, default=None, help="Default: the model's.")
 @click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto", show_default=True)
 @click.option("--attention-dp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
+@click.option("--trust-remote-code", is_flag=True,
+              help="Let TensorRT-LLM execute the checkpoint's own Python code (e.g. its tokenizer class).")
 @click.option("--triton-port", default=8000, show_default=True,
               help="--with triton: Triton's HTTP port (gRPC and metrics on the next two).")
 @click.option("--ready-timeout", default=1800.0, show_default=True, help="Seconds to wait for the server.")
 def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_name: str | None,
           tokenizer: Path | None, tp: int, ep: int, pp: int, max_batch_size: int, max_num_tokens: int,
-          max_seq_len: int | None, kv_cache_dtype: str, attention_dp: str, triton_port: int,
-          ready_timeout: float) -> None:
+          max_seq_len: int | None, kv_cache_dtype: str, attention_dp: str, trust_remote_code: bool,
+          triton_port: int, ready_timeout: float) -> None:
     """Serve SOURCE (engines, a converted checkpoint or an HF model) behind an OpenAI-compatible endpoint.
 
     \b
@@ -118,7 +122,8 @@ def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_
 
         options = ServeOptions(host=host, port=port, tp=tp, ep=ep, pp=pp, max_batch_size=max_batch_size,
                                max_num_tokens=max_num_tokens, max_seq_len=max_seq_len,
-                               kv_cache_dtype=kv_cache_dtype, attention_dp=attention_dp)
+                               kv_cache_dtype=kv_cache_dtype, attention_dp=attention_dp,
+                               trust_remote_code=trust_remote_code)
         with tempfile.TemporaryDirectory(prefix="hunyuan-trtllm-serve-") as work:
             run_trtllm_serve(source, options, Path(work), ready_timeout)
         return
@@ -130,7 +135,8 @@ def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_
         raise UserError(f"{source}: a converted checkpoint; build engines first, or use --dry-run to serve it on CPU")
     flavor = "engine" if kind == "engine" else "llmapi"
     with tempfile.TemporaryDirectory(prefix="hunyuan-triton-") as work:
-        options = RepoOptions(tokenizer_dir=tokenizer or source, tp=tp, ep=ep, pp=pp, max_seq_len=max_seq_len)
+        options = RepoOptions(tokenizer_dir=tokenizer or source, tp=tp, ep=ep, pp=pp, max_seq_len=max_seq_len,
+                              trust_remote_code=trust_remote_code)
         repo = write_triton_repo(source, Path(work) / "repo", flavor, options=options)
         run_system_triton(repo, ready_timeout, triton_port)
 

@@ -59,7 +59,8 @@ class RepoOptions:
     tp: int = 1  # llmapi only: tensor_parallel_size
     pp: int = 1  # llmapi only: pipeline_parallel_size
     ep: int = 1  # llmapi only: moe_expert_parallel_size (moe_tensor_parallel_size = tp / ep)
-    trust_remote_code: bool = True  # llmapi only: TensorRT-LLM loads Hunyuan's tokenizer with AutoTokenizer
+    # llmapi only: let TensorRT-LLM run the checkpoint's own Python (Hunyuan's tokenizer class); only on request.
+    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)

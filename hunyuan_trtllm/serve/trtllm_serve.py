@@ -42,6 +42,7 @@ class ServeOptions:
     enable_block_reuse: bool = True
     attention_dp: str = "auto"  # auto | on | off
     moe_backend: str = "CUTLASS"
+    trust_remote_code: bool = False  # only when the user asks: lets TensorRT-LLM run the checkpoint's Python
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ def trtllm_serve_command(target: ServeTarget, options: ServeOptions, extra_optio
                 "--max_batch_size", str(options.max_batch_size), "--max_num_tokens", str(options.max_num_tokens)]
     if options.max_seq_len:
         command += ["--max_seq_len", str(options.max_seq_len)]
+    if options.trust_remote_code:
+        command.append("--trust_remote_code")
     return command
 
 
