@@ -149,3 +149,4 @@ def test_triton_repo_command(tiny_models, tmp_path):
     assert json.loads(llmapi.output)["models"] == ["tensorrt_llm"]
     settings = yaml.safe_load((tmp_path / "llm" / "tensorrt_llm" / "1" / "model.yaml").read_text())
     assert settings["moe_expert_parallel_size"] == 2 and settings["tensor_parallel_size"] == 2
+    assert settings["trust_remote_code"] is False  # never run the checkpoint's code unless asked
