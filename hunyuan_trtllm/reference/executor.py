@@ -94,6 +94,7 @@ class ReferenceExecutor:
             if not path.is_file():
                 raise CheckpointError(f"{path}: missing rank file")
             self._files[rank] = safe_open(str(path), framework="pt")
+        self._names = {rank: set(handle.keys()) for rank, handle in self._files.items()}
 
     # ---- weights ------------------------------------------------------------------------------------------
     def w(self, rank: int, name: str) -> torch.Tensor:
@@ -116,7 +117,7 @@ class ReferenceExecutor:
         """
         w = self.w(rank, base + ".weight")
         w = w if expert is None else w[expert]
-        if self.fp8 and (base + ".weights_scaling_factor") in self._files[rank].keys():
+        if self.fp8 and (base + ".weights_scaling_factor") in self._names[rank]:
             scale = self.w(rank, base + ".weights_scaling_factor")
             w = w * (scale if expert is None else scale[expert])
             x = fake_quant(x, self.w(rank, base + ".activation_scaling_factor"))
