@@ -40,6 +40,17 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return models
 
 
+@pytest.fixture(scope="session")
+def tiny(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    """The tiny A13B (``src``, also its tokenizer dir) and its float32 TP2 x EP2 conversion (``ckpt``)."""
+    from hunyuan_trtllm.checkpoints.convert import convert
+    from hunyuan_trtllm.checkpoints.mapping import Mapping
+
+    ckpt = tmp_path_factory.mktemp("tiny-a13b-tp2-ep2") / "ckpt"
+    convert(tiny_models["a13b"], ckpt, Mapping(tp=2, moe_ep=2), dtype="float32")
+    return {"src": tiny_models["a13b"], "ckpt": ckpt}
+
+
 # Samples the process's RSS every 2 ms while `work` runs (ru_maxrss alone would hide the work under the transient
 # peak of importing torch); prints RSS before the work and the peak.
 _RSS_PROBE = """

@@ -253,7 +253,6 @@ def test_cli_with_a_scales_file_and_without_scales(bf16_a13b, scales_a13b, tmp_p
 
 
 def test_cli_calibrates_an_unquantized_model(bf16_a13b, tmp_path):
-    pytest.importorskip("hunyuan_trtllm.checkpoints.calibrate")
     out = tmp_path / "calibrated"
     result = run("quantize", bf16_a13b, "-o", out, "--calib-builtin", "--calib-samples", "2", "--calib-seq-len", "8",
                  "--json")

@@ -16,10 +16,8 @@ import urllib.request
 import pytest
 
 pytest.importorskip("pytriton", reason="nvidia-pytriton (the Triton server bundled for CPU tests) is not installed")
-openai = pytest.importorskip("openai")
+openai = pytest.importorskip("openai", reason="the official openai client (test extra) is not installed")
 
-from hunyuan_trtllm.checkpoints.convert import convert  # noqa: E402
-from hunyuan_trtllm.checkpoints.mapping import Mapping  # noqa: E402
 from hunyuan_trtllm.reference.executor import ReferenceExecutor  # noqa: E402
 from hunyuan_trtllm.serve.launch import reference_stack  # noqa: E402
 from hunyuan_trtllm.serve.text import HunyuanTokenizer  # noqa: E402
@@ -54,10 +52,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_models, tmp_path_factory):
-    ckpt = tmp_path_factory.mktemp("serve") / "ckpt"
-    convert(tiny_models["a13b"], ckpt, Mapping(tp=2, moe_ep=2), dtype="float32")
-    return ckpt
+def checkpoint(tiny):
+    return tiny["ckpt"]
 
 
 @pytest.fixture(scope="module")

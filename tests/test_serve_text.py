@@ -146,7 +146,7 @@ def test_tiny_synthetic_model_end_to_end(tiny_dir: Path) -> None:
 
 
 def test_tokenizer_json_backend(tmp_path: Path) -> None:
-    tokenizers = pytest.importorskip("tokenizers")
+    tokenizers = pytest.importorskip("tokenizers", reason="tokenizers is not installed")
     from hunyuan_trtllm.checkpoints.hy_tokenizer import tiny_corpus
 
     eos, user = "<｜hy_place▁holder▁no▁2｜>", "<｜hy_User｜>"
@@ -214,7 +214,8 @@ def test_builtin_matches_large_template_without_thinking_suffix() -> None:
 
 
 def test_sandbox_rendering_matches_transformers() -> None:
-    utils = pytest.importorskip("transformers.utils.chat_template_utils")
+    utils = pytest.importorskip("transformers.utils.chat_template_utils",
+                                reason="transformers (the independent template renderer) is not installed")
     real = _real_template("a13b")
     for conversation in CONVERSATIONS:
         for thinking in (True, False):

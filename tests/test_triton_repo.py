@@ -11,9 +11,6 @@ import pytest
 import torch
 import yaml
 
-from hunyuan_trtllm.checkpoints.convert import convert
-from hunyuan_trtllm.checkpoints.mapping import Mapping
-from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
 from hunyuan_trtllm.errors import ConfigError, UserError
 from hunyuan_trtllm.reference.executor import ReferenceExecutor
 from hunyuan_trtllm.serve import pbtxt
@@ -33,15 +30,6 @@ pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient i
 PIPELINE = ["ensemble", "postprocessing", "preprocessing", "tensorrt_llm", "tensorrt_llm_bls"]
 ENGINE_BUILD = {"max_batch_size": 16, "max_input_len": 1024, "max_seq_len": 2048, "max_beam_width": 1,
                 "max_num_tokens": 8192, "plugin_config": {"use_paged_context_fmha": True, "paged_kv_cache": True}}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    """A tiny A13B in Tencent's format (``src``, also the tokenizer dir) and its TP2 x EP2 conversion."""
-    base = tmp_path_factory.mktemp("tiny-a13b")
-    synth_checkpoint(base / "src", "a13b", preset="tiny", dtype="float32")
-    convert(base / "src", base / "ckpt", Mapping(tp=2, moe_ep=2), dtype="float32")
-    return {"src": base / "src", "ckpt": base / "ckpt"}
 
 
 def fake_engine(path: Path, tp: int = 2, pp: int = 2, **build: object) -> Path:

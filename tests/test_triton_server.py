@@ -17,9 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from hunyuan_trtllm.checkpoints.convert import convert
-from hunyuan_trtllm.checkpoints.mapping import Mapping
-from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.reference.executor import ReferenceExecutor
 from hunyuan_trtllm.serve import triton_server
@@ -76,14 +73,6 @@ def group_is_gone(pgid: int) -> bool:
 
 
 # ---- fixtures ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("tiny-a13b")
-    synth_checkpoint(base / "src", "a13b", preset="tiny", dtype="float32")
-    convert(base / "src", base / "ckpt", Mapping(tp=2, moe_ep=2), dtype="float32")
-    return {"src": base / "src", "ckpt": base / "ckpt"}
-
-
 @pytest.fixture(scope="module")
 def executor(tiny) -> ReferenceExecutor:
     return ReferenceExecutor(tiny["ckpt"])
