@@ -59,6 +59,7 @@ from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.safetensors_io import (
     DTYPE_NAMES,
     OutputEntry,
+    atomic_output_dir,
     check_new_output_dir,
     create_partial,
     finish_partial,
@@ -134,10 +135,7 @@ def quantize_checkpoint(
     files = _layout(source.spec, kv_cache_fp8, scales)
     total = sum(entry.nbytes for entries in files.values() for entry in entries)
     check_new_output_dir(out_dir, total)
-    tmp = out_dir.with_name(f".{out_dir.name}.quantize-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_output_dir(out_dir, "quantize") as tmp:
         advance = progress(total, 0) if progress else None
         for file, entries in files.items():
             _write_shard(tmp / file, entries, source, scales, advance)
@@ -145,12 +143,6 @@ def quantize_checkpoint(
                  "weight_map": {e.name: file for file, entries in files.items() for e in entries}}
         write_atomic(tmp / INDEX, json.dumps(index, indent=2) + "\n")
         _write_configs(tmp, source, kv_cache_fp8, format)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -9,12 +9,13 @@ into place only when complete, so a half-written file never looks like a finishe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +162,23 @@ def check_new_output_dir(out_dir: Path, nbytes: int) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if shutil.disk_usage(out_dir.parent).free < nbytes * 1.05:
         raise UserError(f"{out_dir.parent}: not enough free disk space for {nbytes / 2**30:.1f} GiB of weights")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: Path, tag: str) -> Iterator[Path]:
+    """A sibling temp directory to build in; it replaces the (empty) ``out_dir`` when the block succeeds and is
+    removed when it fails, so a half-built directory never appears under ``out_dir``'s name."""
+    tmp = out_dir.with_name(f".{out_dir.name}.{tag}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def partial_path(final: Path) -> Path:

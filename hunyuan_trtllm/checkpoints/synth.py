@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.prompts import DEFAULT_PROMPTS
 from hunyuan_trtllm.checkpoints.safetensors_io import (
     OutputEntry,
+    atomic_output_dir,
     check_new_output_dir,
     create_partial,
     dtype_size,
@@ -87,10 +87,7 @@ def synth_checkpoint(
     spec = parse_spec(config, "synthetic config.json")
     shapes = tensor_shapes(spec)
     check_new_output_dir(out_dir, sum(math.prod(s) for s in shapes.values()) * dtype_size(DTYPES[spec.torch_dtype]))
-    tmp = out_dir.with_name(f".{out_dir.name}.synth-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_output_dir(out_dir, "synth") as tmp:
         with Progress(disable=not progress) as bar:
             stream, used_seed, gap = _weights(spec, shapes, seed, preset, min_router_gap, bar)
             _write_weights(tmp, spec, shapes, stream, fused, sharded=preset == "full-width", bar=bar)
@@ -100,12 +97,6 @@ def synth_checkpoint(
                 "router_gap_prompts": list(DEFAULT_PROMPTS)}
         write_atomic(tmp / "synth_info.json", json.dumps(info, indent=2) + "\n")
         write_atomic(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return parse_spec(load_config(out_dir / "config.json"), str(out_dir / "config.json"))
 
 
