@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from hunyuan_trtllm.errors import UserError
 
+GROUP_EXIT_S = 10.0
+
 
 def start_process_group(command: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``command`` as the leader of a new process group (so stopping it reaches every child)."""
@@ -55,4 +57,16 @@ def stop_process_group(process: subprocess.Popen, grace: float = 30.0) -> int:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    return process.wait()
+    code = process.wait()
+    deadline = time.monotonic() + GROUP_EXIT_S
+    while time.monotonic() < deadline and _group_alive(process.pid):  # killed children take a moment to go
+        time.sleep(0.05)
+    return code
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

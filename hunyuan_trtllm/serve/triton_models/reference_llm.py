@@ -10,6 +10,9 @@ cannot honour (beams, penalties, LoRA, logits, guided decoding) are refused unle
 
 Parameters: ``checkpoint_dir``, ``max_batch_size``, ``max_input_len``, ``max_seq_len`` (outputs are cut to fit),
 ``exclude_input_in_output`` (default for requests without that input), ``allow_streaming``.
+
+Torch runs single-threaded here: Triton puts every model's stub process on the same cores, and intra-op threads
+spinning against another busy process made a 2-core host crawl (a 20-token stream took over a minute).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
 
 from hunyuan_trtllm.reference.executor import ReferenceExecutor
@@ -64,6 +68,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict) -> None:
         params = model_parameters(args)
+        torch.set_num_threads(1)
         self.executor = ReferenceExecutor(Path(params["checkpoint_dir"]))
         self.max_active = int(params["max_batch_size"])
         self.max_input_len = int(params["max_input_len"])
@@ -149,6 +154,7 @@ class TritonPythonModel:
 
     # ---- the worker ----------------------------------------------------------------------------------------
     def _run(self) -> None:
+        torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
         active: list[_Job] = []
         while not self.stopping.is_set():
             if not active:
