@@ -191,6 +191,9 @@ def print_verify_table(report) -> None:
     else:
         bar = f"dtype {report.dtype}; max abs {report.max_abs:.2e} vs tolerance {report.atol:g}"
     stdout.print(f"reference: {report.reference}; {bar}; top-1 {report.top1_agreement:.1%}: {verdict}")
+    speed = report.checkpoint_gb_read / report.seconds if report.seconds else 0.0
+    stdout.print(f"{sum(p.tokens for p in report.prompts)} tokens, layer by layer: {report.checkpoint_gb_read:.3f} GB "
+                 f"of checkpoint read in {report.seconds:.1f} s ({speed:.2f} GB/s, reference included)")
 
 
 @cli.command()

@@ -59,3 +59,17 @@ def test_peak_rss_is_flat_across_model_sizes(tmp_path):
         assert growth_large <= 2 * largest_output, f"tp{tp}: conversion grew RSS by {growth_large / MB:.1f} MiB"
         # ... and a model 4x larger costs (almost) nothing more.
         assert growth_large - growth_small <= 8 * MB, (growth_small / MB, growth_large / MB, large / MB)
+
+
+def test_verify_runs_layer_by_layer_in_flat_memory(tmp_path):
+    """verify holds one decoder layer of the checkpoint at a time: 4x the layers, (almost) the same peak."""
+    growth = {}
+    for name, layers in (("small", 2), ("large", 8)):
+        write_model(tmp_path / name, layers=layers)
+        peak_rss(tmp_path / name, tmp_path / f"ckpt-{name}", 2, 2)
+        setup = "from pathlib import Path\nfrom hunyuan_trtllm.reference.verify import verify"
+        work = "verify(Path(sys.argv[1]), sys.argv[2], reference='plain')"
+        before, peak = measure_rss(setup, work, str(tmp_path / f"ckpt-{name}"), str(tmp_path / name))
+        growth[name] = peak - before
+    layer_fp32 = 16 * 3 * 512 * 512 * 4  # one layer's experts in float32, as the executor computes: 48 MiB
+    assert growth["large"] - growth["small"] <= layer_fp32 // 2, {k: v / MB for k, v in growth.items()}

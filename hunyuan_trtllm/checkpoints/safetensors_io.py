@@ -112,6 +112,32 @@ def read_header(path: Path) -> FileHeader:
     return FileHeader(path, tensors, metadata, 8 + header_len, raw)
 
 
+def pread_exact(fd: int, buf: bytearray, offset: int, what: str) -> None:
+    """Fill ``buf`` from ``offset`` of ``fd`` with ``pread`` (no mmap, so nothing stays resident after use)."""
+    view, done = memoryview(buf), 0
+    while done < len(buf):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise CheckpointError(f"{what}: truncated")
+        done += n
+
+
+def read_tensor(header: FileHeader, name: str) -> torch.Tensor:
+    """One whole tensor of a safetensors file, read with ``pread``; a missing name raises CheckpointError."""
+    info = header.tensors.get(name)
+    if info is None:
+        raise CheckpointError(f"{header.path}: tensor '{name}' is missing")
+    buf = bytearray(info.nbytes)
+    fd = os.open(header.path, os.O_RDONLY)
+    try:
+        pread_exact(fd, buf, header.data_start + info.begin, f"{header.path} while reading '{name}'")
+    finally:
+        os.close(fd)
+    if not buf:
+        return torch.empty(info.shape, dtype=info.dtype)
+    return torch.frombuffer(buf, dtype=info.dtype).view(info.shape)
+
+
 @dataclass(frozen=True)
 class OutputEntry:
     name: str

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from hunyuan_trtllm.checkpoints.safetensors_io import FileHeader, TensorInfo, read_header
+from hunyuan_trtllm.checkpoints.safetensors_io import FileHeader, TensorInfo, pread_exact, read_header
 from hunyuan_trtllm.checkpoints.spec import ModelSpec, load_config, parse_spec
 from hunyuan_trtllm.errors import CheckpointError, UserError
 
@@ -156,12 +156,7 @@ class SourceCheckpoint:
         if fd is None:
             fd = self._fds[file] = os.open(file, os.O_RDONLY)
         offset = header.data_start + info.begin + (first + rows[0] * row_elems) * esize
-        view, done = memoryview(buf), 0
-        while done < len(buf):
-            n = os.preadv(fd, [view[done:]], offset + done)
-            if n == 0:
-                raise CheckpointError(f"{file}: truncated while reading '{piece.name}'")
-            done += n
+        pread_exact(fd, buf, offset, f"{file} while reading '{piece.name}'")
         tensor = torch.frombuffer(buf, dtype=info.dtype) if buf else torch.empty(0, dtype=info.dtype)
         tensor = tensor.view(rows[1] - rows[0], *inner[1:]) if inner else tensor.view(())
         if piece.cols:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
 from hunyuan_trtllm.checkpoints.fp8_scales import fake_quant
 from hunyuan_trtllm.checkpoints.mapping import Mapping
+from hunyuan_trtllm.checkpoints.safetensors_io import read_header, read_tensor
 from hunyuan_trtllm.errors import CheckpointError
 
 
@@ -88,23 +88,23 @@ class ReferenceExecutor:
         self.kv_fp8 = quant.get("kv_cache_quant_algo") == "FP8"  # K and V stored in e4m3
         self.cache_weights = cache_weights
         self._weights: dict[tuple[int, str], torch.Tensor] = {}
-        self._files = {}
+        self._headers = {}
         for rank in range(self.mapping.world_size):
             path = ckpt_dir / f"rank{rank}.safetensors"
             if not path.is_file():
                 raise CheckpointError(f"{path}: missing rank file")
-            self._files[rank] = safe_open(str(path), framework="pt")
-        self._names = {rank: set(handle.keys()) for rank, handle in self._files.items()}
+            self._headers[rank] = read_header(path)
+        self._names = {rank: set(header.tensors) for rank, header in self._headers.items()}
+        self.bytes_read = 0
 
     # ---- weights ------------------------------------------------------------------------------------------
     def w(self, rank: int, name: str) -> torch.Tensor:
         key = (rank, name)
         if key in self._weights:
             return self._weights[key]
-        try:
-            tensor = self._files[rank].get_tensor(name).float()
-        except Exception:  # safetensors raises a bare Exception subclass for unknown names
-            raise CheckpointError(f"{self.dir}/rank{rank}.safetensors: tensor '{name}' is missing") from None
+        stored = read_tensor(self._headers[rank], name)  # pread: nothing stays mapped after use
+        self.bytes_read += stored.nbytes
+        tensor = stored.float()
         if self.cache_weights:
             self._weights[key] = tensor
         return tensor
@@ -131,18 +131,49 @@ class ReferenceExecutor:
     def forward(self, input_ids: Sequence[int], cache: KVCache | None = None) -> torch.Tensor:
         """Logits ``[T, vocab]`` (float32) for ``input_ids`` following whatever ``cache`` already holds."""
         cache = cache if cache is not None else KVCache()
+        x, rope = self._embed(input_ids, cache.length)
+        for ranks, local, layer in self._layers():
+            x = self._decoder_layer(x, ranks, local, layer, cache, rope)
+        cache.length += len(input_ids)
+        return self._logits(x)
+
+    @torch.no_grad()
+    def forward_layer_by_layer(self, prompts: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Logits ``[T, vocab]`` of each prompt (from position 0), computed layer-major: every decoder layer's
+        weights are read once, used for all prompts and dropped, so memory holds one layer (of every rank) plus
+        the prompts' activations and KV caches, whatever the depth of the model."""
+        caches = [KVCache() for _ in prompts]
+        states = [self._embed(ids, 0) for ids in prompts]
+        self._weights.clear()
+        for ranks, local, layer in self._layers():
+            states = [(self._decoder_layer(x, ranks, local, layer, cache, rope), rope)
+                      for (x, rope), cache in zip(states, caches, strict=True)]
+            self._weights.clear()
+        logits = [self._logits(x) for x, _ in states]
+        self._weights.clear()
+        return logits
+
+    def _layers(self) -> list[tuple[list[int], int, int]]:
+        """(the ranks of its PP stage, local index, global index) of every decoder layer, in order."""
+        tp = self.mapping.tp
+        return [([stage * tp + r for r in range(tp)], local, layer)
+                for stage in range(self.mapping.pp)
+                for local, layer in enumerate(self.mapping.pp_layers(self.n_layers, stage))]
+
+    def _embed(self, input_ids: Sequence[int], start: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Hidden states ``[T, H]`` of ``input_ids`` and the RoPE tables of positions ``start..start+T-1``."""
         ids = torch.as_tensor(list(input_ids), dtype=torch.long)
-        positions = torch.arange(cache.length, cache.length + len(ids))
-        cos, sin = rope_tables(positions, self.d, self.base)
+        rope = rope_tables(torch.arange(start, start + len(ids)), self.d, self.base)
+        return F.embedding(ids, self.w(0, "transformer.vocab_embedding.weight")), rope  # [T, H]
+
+    def _decoder_layer(self, x, ranks, local, layer, cache, rope) -> torch.Tensor:
+        prefix = f"transformer.layers.{local}."
+        x = x + self._attention(x, ranks, prefix, layer, cache, *rope)
+        return x + self._mlp(x, ranks, prefix)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``ln_f`` then the vocab-parallel ``lm_head`` of the last stage, gathered: ``[T, vocab]``."""
         tp, pp = self.mapping.tp, self.mapping.pp
-        x = F.embedding(ids, self.w(0, "transformer.vocab_embedding.weight"))  # [T, H]
-        for stage in range(pp):
-            ranks = [stage * tp + r for r in range(tp)]
-            for local, layer in enumerate(self.mapping.pp_layers(self.n_layers, stage)):
-                prefix = f"transformer.layers.{local}."
-                x = x + self._attention(x, ranks, prefix, layer, cache, cos, sin)
-                x = x + self._mlp(x, ranks, prefix)
-        cache.length += len(ids)
         last = [(pp - 1) * tp + r for r in range(tp)]
         h = rms_norm(x, self.w(last[0], "transformer.ln_f.weight"), self.eps)
         logits = torch.cat([h @ self.w(r, "lm_head.weight").T for r in last], dim=-1)  # gather over tp

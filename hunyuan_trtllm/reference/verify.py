@@ -5,12 +5,18 @@ model, else the plain Hugging Face-layout forward pass in :mod:`hunyuan_trtllm.r
 itself checked against Tencent's logits in the golden fixtures), e.g. for Hunyuan-Large's CLA. Both run in
 float32 on weights rounded to the checkpoint's dtype, so the comparison measures the conversion (layout, sharding,
 folds), not the rounding the user chose with ``--dtype``.
+
+Memory stays bounded on full-width models: the executor runs the prompts layer by layer (one decoder layer of
+every rank in memory at a time), the plain forward reads one tensor at a time, and ``auto`` picks the plain forward
+for models above ``TRANSFORMERS_MAX_BYTES`` (transformers holds the whole model). The report carries the time
+spent and the checkpoint bytes read per second.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +35,7 @@ DEFAULT_ATOL = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
 # FP8 checkpoints are compared with the BF16 model: their logits differ by design, so the bar is the cosine
 # similarity of every position's logits (and top-1 agreement is reported).
 FP8_MIN_COSINE = 0.99
+TRANSFORMERS_MAX_BYTES = 4 * 1024**3
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -52,6 +59,8 @@ class VerifyReport:
     prompts: list[PromptResult]
     quantization: str | None = None  # "FP8" (+ "FP8 KV cache") for quantized checkpoints
     min_cosine_required: float = FP8_MIN_COSINE
+    seconds: float = 0.0  # the whole comparison: reference and checkpoint
+    checkpoint_gb_read: float = 0.0  # rank-file bytes the executor read (each tensor once)
 
     @property
     def max_abs(self) -> float:
@@ -106,6 +115,7 @@ def verify(
     """Compare a converted checkpoint with the source model on a few prompts."""
     from hunyuan_trtllm.errors import UserError
 
+    start = time.perf_counter()
     executor = ReferenceExecutor(ckpt_dir)
     src = open_source(model)
     dtype_name = executor.config["dtype"]
@@ -119,7 +129,9 @@ def verify(
     if unsupported is None and importlib.util.find_spec("transformers") is None:
         unsupported = "transformers is not installed (pip install 'hunyuan-trtllm[demo]')"
     if reference == "auto":
-        reference = "plain" if unsupported else "transformers"
+        large = sum(info.nbytes for header in src.headers.values() for info in header.tensors.values()) \
+            > TRANSFORMERS_MAX_BYTES
+        reference = "plain" if unsupported or large else "transformers"
     if reference == "transformers":
         if unsupported:
             raise UserError(f"--reference transformers: {unsupported}; use --reference plain")
@@ -136,8 +148,8 @@ def verify(
         raise UserError(f"--reference {reference}: expected auto, transformers or plain")
 
     results = []
-    for (name, ids), ref in zip(prompts.items(), expected, strict=True):
-        got = executor.forward(ids)
+    outputs = executor.forward_layer_by_layer(list(prompts.values()))
+    for (name, ids), ref, got in zip(prompts.items(), expected, outputs, strict=True):
         diff = (got - ref).abs()
         results.append(
             PromptResult(
@@ -162,4 +174,6 @@ def verify(
         dtype=dtype_name,
         atol=DEFAULT_ATOL[dtype_name] if atol is None else atol,
         prompts=results,
+        seconds=time.perf_counter() - start,
+        checkpoint_gb_read=executor.bytes_read / 1e9,
     )
