@@ -90,6 +90,13 @@ def print_json(data: Any) -> None:
 
 
 def main() -> None:
-    from hunyuan_trtllm import commands, quantize_commands, serve_commands  # noqa: F401  (register the subcommands)
+    from hunyuan_trtllm import (  # noqa: F401  (register the subcommands)
+        build_commands,  # noqa: F401  (register the build subcommand)
+        commands,
+        deploy_commands,  # noqa: F401  (register the deploy subcommands)
+        plan_commands,  # noqa: F401  (register the plan subcommand)
+        quantize_commands,
+        serve_commands,
+    )
 
     cli()

@@ -7,10 +7,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
+import hunyuan_trtllm
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.serve.process import start_process_group, stop_process_group, wait_ready
 from hunyuan_trtllm.serve.trtllm_serve import (
@@ -60,9 +62,21 @@ def test_engine_dir_uses_tensorrt_backend(tmp_path):
     assert "--tp_size" not in command and command[command.index("--tokenizer") + 1] == str(engines)
 
 
+def test_large_runs_our_pytorch_model(tiny_models, tmp_path):
+    target = detect_target(tiny_models["large"])
+    command = trtllm_serve_command(target, ServeOptions(tp=2), tmp_path / "x.yaml")
+    plugin = Path(command[command.index("--custom_module_dirs") + 1])  # trtllm-serve imports it as a package
+    assert plugin == Path(hunyuan_trtllm.__file__).parent / "plugins" / "pytorch" / "custom_module" / \
+        "hunyuan_large_trtllm" and (plugin / "__init__.py").is_file()
+    assert command[:4] == ["trtllm-serve", str(tiny_models["large"]), "--backend", "pytorch"]
+    native = trtllm_serve_command(detect_target(tiny_models["a13b"]), ServeOptions(), tmp_path / "x.yaml")
+    assert "--custom_module_dirs" not in native
+    assert llm_api_options(target, ServeOptions())["moe_config"] == {"backend": "CUTLASS"}  # runs our routing
+    with pytest.raises(UserError, match="FP8 KV cache is not supported for Hunyuan-Large"):
+        llm_api_options(target, ServeOptions(kv_cache_dtype="fp8"))
+
+
 def test_refusals(tiny_models, tmp_path):
-    with pytest.raises(UserError, match="Hunyuan-Large needs the custom module"):
-        trtllm_serve_command(detect_target(tiny_models["large"]), ServeOptions(), tmp_path / "x.yaml")
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "config.json").write_text(json.dumps({"architecture": "HunYuanMoEV1ForCausalLM", "mapping": {}}))

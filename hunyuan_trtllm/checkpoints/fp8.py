@@ -112,9 +112,10 @@ def _quantized(plan: WeightPlan, tensor: TensorPlan, scales: Fp8Scales) -> list[
 
 def _all_experts(plan: WeightPlan, sources: list[str]) -> list[str]:
     """Every expert's version of these sources (the activation scale is the max over the layer's experts)."""
-    names = []
+    patterns = []  # one per distinct projection ("...experts.*.up_proj.weight"), not one per expert of the tensor
     for source in sources:
         if not re.search(r"\.experts\.\d+\.", source):
             raise CheckpointError(f"{source}: expected an expert weight")
-        names += [re.sub(r"\.experts\.\d+\.", f".experts.{e}.", source) for e in range(plan.spec.num_experts)]
-    return list(dict.fromkeys(names))
+        patterns.append(re.sub(r"\.experts\.\d+\.", ".experts.*.", source))
+    return [p.replace(".experts.*.", f".experts.{e}.") for p in dict.fromkeys(patterns)
+            for e in range(plan.spec.num_experts)]

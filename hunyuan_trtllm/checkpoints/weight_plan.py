@@ -33,7 +33,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -278,9 +278,13 @@ class WeightPlan:
     ranks: tuple[tuple[TensorPlan, ...], ...]
 
     @classmethod
-    def build(cls, spec: ModelSpec, mapping: Mapping, dtype: torch.dtype) -> WeightPlan:
+    def build(cls, spec: ModelSpec, mapping: Mapping, dtype: torch.dtype,
+              only_ranks: Collection[int] | None = None) -> WeightPlan:
+        """Plan every rank, or only ``only_ranks`` (the other ranks' tensor lists are left empty)."""
         mapping.validate(spec)
-        ranks = tuple(tuple(_rank_tensors(spec, mapping, mapping.coords(r), dtype)) for r in range(mapping.world_size))
+        wanted = range(mapping.world_size) if only_ranks is None else only_ranks
+        ranks = tuple(tuple(_rank_tensors(spec, mapping, mapping.coords(r), dtype)) if r in wanted else ()
+                      for r in range(mapping.world_size))
         return cls(spec, mapping, dtype, ranks)
 
     def rank_bytes(self, rank: int) -> int:

@@ -6,7 +6,9 @@
 - ``reference``: the same layout, with ``tensorrt_llm`` a Python model that runs a converted checkpoint on CPU
   (:mod:`hunyuan_trtllm.serve.triton_models.reference_llm`); for testing the serving stack without a GPU.
 - ``llmapi``: one Python model driving ``tensorrt_llm.LLM`` on a Hugging Face checkpoint (PyTorch backend), its
-  LLM arguments in ``tensorrt_llm/1/model.yaml`` (the same LlmArgs as our ``trtllm-serve`` YAML).
+  LLM arguments in ``tensorrt_llm/1/model.yaml`` (the same LlmArgs as our ``trtllm-serve`` YAML); for Hunyuan-Large
+  ``triton_config.custom_module_dirs`` names our model package, imported first (``hunyuan_trtllm`` must be installed
+  in the Triton image then).
 
 The repository is built in a temporary sibling directory, validated (:func:`validate_repo`) and renamed into
 place, so ``out`` is either complete or untouched. ``repo.json`` at its root records the flavor and the facts a
@@ -31,7 +33,13 @@ from hunyuan_trtllm.errors import ConfigError, UserError
 from hunyuan_trtllm.serve import triton_configs as cfg
 from hunyuan_trtllm.serve.pbtxt import flag, render
 from hunyuan_trtllm.serve.triton_validate import validate_repo
-from hunyuan_trtllm.serve.trtllm_serve import ServeOptions, detect_target, llm_api_options
+from hunyuan_trtllm.serve.trtllm_serve import (
+    NATIVE_PYTORCH_ARCHITECTURES,
+    ServeOptions,
+    detect_target,
+    llm_api_options,
+    pytorch_plugin_dir,
+)
 
 FLAVORS = ("engine", "reference", "llmapi")
 SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
@@ -246,6 +254,8 @@ def llmapi_settings(source: Path, max_batch_size: int | None, streaming: bool,
         settings["max_seq_len"] = options.max_seq_len
     settings |= llm_api_options(target, serve)
     settings["triton_config"] = {"max_batch_size": 0, "decoupled": streaming}
+    if target.spec.architecture not in NATIVE_PYTORCH_ARCHITECTURES:  # Hunyuan-Large: model.py imports our model
+        settings["triton_config"]["custom_module_dirs"] = [str(pytorch_plugin_dir())]
     return settings
 
 

@@ -4,6 +4,8 @@
   the TensorRT backend; parallelism is fixed by the engines, the YAML only configures the KV cache.
 - A **Hugging Face checkpoint** (BF16, or FP8 from ``hunyuan-trtllm quantize``) runs on the PyTorch backend,
   which implements ``HunYuanMoEV1ForCausalLM`` and ``HunYuanDenseV1ForCausalLM`` natively; tp/ep/pp are flags.
+  Hunyuan-Large (``HunYuanForCausalLM``) runs there through our model, which trtllm-serve imports with
+  ``--custom_module_dirs`` (:mod:`hunyuan_trtllm.plugins.pytorch`, TensorRT-LLM >= 1.2).
 
 LlmArgs written (TensorRT-LLM 1.2.x field names): ``kv_cache_config`` (free GPU memory fraction, block reuse,
 FP8 KV dtype), and for the PyTorch backend ``cuda_graph_config`` (padded graphs up to the max batch),
@@ -20,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from hunyuan_trtllm.checkpoints.spec import DENSE_V1, MOE_V1, ModelSpec, load_config, parse_spec
+from hunyuan_trtllm.checkpoints.spec import DENSE_V1, LARGE, MOE_V1, ModelSpec, load_config, parse_spec
 from hunyuan_trtllm.errors import UserError
 
 NATIVE_PYTORCH_ARCHITECTURES = (MOE_V1, DENSE_V1)
@@ -71,6 +73,13 @@ def detect_target(path: Path) -> ServeTarget:
     return ServeTarget(path, "pytorch", spec, None)
 
 
+def pytorch_plugin_dir() -> Path:
+    """The directory ``--custom_module_dirs`` imports for Hunyuan-Large (alone in its parent, see its docstring)."""
+    import hunyuan_trtllm.plugins.pytorch as plugin  # imports no TensorRT-LLM here
+
+    return Path(plugin.__file__).parent / "custom_module" / "hunyuan_large_trtllm"
+
+
 def attention_dp(spec: ModelSpec, options: ServeOptions) -> bool:
     if options.attention_dp != "auto":
         return options.attention_dp == "on"
@@ -90,6 +99,9 @@ def llm_api_options(target: ServeTarget, options: ServeOptions) -> dict[str, Any
     extra: dict[str, Any] = {"kv_cache_config": kv_cache}
     if target.backend == "pytorch":
         assert target.spec is not None
+        if target.spec.architecture == LARGE and options.kv_cache_dtype == "fp8":
+            raise UserError(f"{target.path}: FP8 KV cache is not supported for Hunyuan-Large's cross-layer attention "
+                            "on the PyTorch backend; use --kv-cache-dtype auto")
         extra["cuda_graph_config"] = {"enable_padding": True, "max_batch_size": options.max_batch_size}
         if target.spec.is_moe:
             extra["moe_config"] = {"backend": options.moe_backend}
@@ -107,11 +119,8 @@ def trtllm_serve_command(target: ServeTarget, options: ServeOptions, extra_optio
         command += ["--tokenizer", str(tokenizer if tokenizer.is_dir() else target.path)]
         return command
     assert target.spec is not None
-    if target.spec.architecture not in NATIVE_PYTORCH_ARCHITECTURES:
-        raise UserError(
-            f"{target.path}: {target.spec.architecture} has no native TensorRT-LLM PyTorch model; "
-            "Hunyuan-Large needs the custom module from the engines issue (--custom_module_dirs), not available yet"
-        )
+    if target.spec.architecture not in NATIVE_PYTORCH_ARCHITECTURES:  # Hunyuan-Large: our model, imported first
+        command += ["--custom_module_dirs", str(pytorch_plugin_dir())]
     command += ["--tp_size", str(options.tp), "--ep_size", str(options.ep), "--pp_size", str(options.pp),
                 "--max_batch_size", str(options.max_batch_size), "--max_num_tokens", str(options.max_num_tokens)]
     if options.max_seq_len:

@@ -1,7 +1,8 @@
 """Triton model ``tensorrt_llm`` of the ``llmapi`` flavor: ``tensorrt_llm.LLM`` (PyTorch backend) behind Triton.
 
 Self-contained (it runs inside NVIDIA's Triton + TensorRT-LLM image, where this project need not be installed).
-``1/model.yaml`` holds the LLM's arguments (every key but ``triton_config`` goes to ``LLM(...)``). The LLM's
+``1/model.yaml`` holds the LLM's arguments (every key but ``triton_config`` goes to ``LLM(...)``;
+``triton_config.custom_module_dirs`` are imported first, like trtllm-serve's ``--custom_module_dirs``). The LLM's
 asyncio API runs on one event loop in a background thread; each request is a coroutine there, so requests are
 batched in flight by TensorRT-LLM. Decoupled configs answer ``streaming`` requests with the new text of each
 step; otherwise one response carries the whole text, or an error after ``triton_config.request_timeout_s``.
@@ -70,6 +71,10 @@ class TritonPythonModel:
         from tensorrt_llm import LLM  # only inside the TensorRT-LLM image
         from tensorrt_llm.llmapi.llm_args import update_llm_args_with_extra_dict
 
+        for directory in triton_config.get("custom_module_dirs", []):  # as trtllm-serve --custom_module_dirs
+            from tensorrt_llm.tools.importlib_utils import import_custom_module_from_dir
+
+            import_custom_module_from_dir(directory)
         self.llm = LLM(**update_llm_args_with_extra_dict({}, settings))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="llmapi-loop", daemon=True)

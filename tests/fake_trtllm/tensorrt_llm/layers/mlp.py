@@ -1,0 +1,33 @@
+"""tensorrt_llm/layers/mlp.py.
+
+- ``MLP``: ``fc = ColumnLinear(hidden, 2 * ffn if hidden_act in ('swiglu', 'gegelu') else ffn, gather_output=False)``
+  (the gated activations take [x; gate] from one fused GEMM) and ``proj = RowLinear(ffn, hidden)``;
+- ``GatedMLP(MLP)``: adds ``gate = ColumnLinear(hidden, ffn, gather_output=False)`` (``fc`` is the activated
+  branch, ``gate`` the linear one).
+"""
+
+from tensorrt_llm.layers.linear import ColumnLinear, RowLinear
+from tensorrt_llm.module import Module
+from tensorrt_llm.quantization import NO_QUANT
+
+
+class MLP(Module):
+    def __init__(self, hidden_size, ffn_hidden_size, hidden_act, bias=True, dtype=None, tp_group=None, tp_size=1,
+                 quant_mode=NO_QUANT, inner_layernorm=False, eps=1e-05, is_expert=False):
+        super().__init__()
+        if inner_layernorm:
+            raise NotImplementedError("stand-in: inner_layernorm is not modelled")
+        fc_out = 2 * ffn_hidden_size if hidden_act in ("swiglu", "gegelu") else ffn_hidden_size
+        self.fc = ColumnLinear(hidden_size, fc_out, bias=bias, dtype=dtype, tp_group=tp_group, tp_size=tp_size,
+                               gather_output=False)
+        self.proj = RowLinear(ffn_hidden_size, hidden_size, bias=bias, dtype=dtype, tp_group=tp_group,
+                              tp_size=tp_size, is_expert=is_expert)
+
+
+class GatedMLP(MLP):
+    def __init__(self, hidden_size, ffn_hidden_size, hidden_act, bias=True, dtype=None, tp_group=None, tp_size=1,
+                 quant_mode=NO_QUANT, inner_layernorm=False, eps=1e-05):
+        super().__init__(hidden_size, ffn_hidden_size, hidden_act, bias=bias, dtype=dtype, tp_group=tp_group,
+                         tp_size=tp_size, quant_mode=quant_mode, inner_layernorm=inner_layernorm, eps=eps)
+        self.gate = ColumnLinear(hidden_size, ffn_hidden_size, bias=bias, dtype=dtype, tp_group=tp_group,
+                                 tp_size=tp_size, gather_output=False)
