@@ -14,7 +14,8 @@ process and reports the median:
 Throughput is output bytes written per second (the copy writes the source size; FP8 writes about half of what it
 reads), ``ratio_to_copy`` divides by the copy's; peak RSS is sampled over the whole process tree (workers
 included) every 20 ms and includes the interpreter with torch (~0.3 GB). Every run starts with the source in the
-page cache (one untimed warm-up read), as the copy does. Everything is written under ``--work-dir`` and removed.
+page cache (one untimed warm-up read) and no dirty pages left to write back, as the copy does. Everything is
+written under ``--work-dir`` and removed; progress goes to stderr, the table or ``--json`` to stdout.
 
     python bench/convert.py                      # 2 layers, 3 repeats, workers 1 and 2
     python bench/convert.py --layers 1 --repeats 1 --json
@@ -23,7 +24,9 @@ page cache (one untimed warm-up read), as the copy does. Everything is written u
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -38,6 +41,7 @@ from rich.table import Table
 
 GB = 1e9
 SAMPLE_S = 0.02
+progress = Console(stderr=True)
 # Each variant runs in a fresh interpreter: it prints its elapsed seconds (the timed part only).
 RUNNER = r"""
 import os, sys, time
@@ -106,6 +110,7 @@ def warm(path: Path) -> None:
 def run_once(variant: str, src: Path, out: Path, workers: int) -> tuple[float, int, int]:
     """(seconds, output bytes, peak tree RSS bytes) of one fresh-process run."""
     warm(src)
+    os.sync()  # earlier runs' dirty pages are written back now, not during this run
     process = subprocess.Popen([sys.executable, "-c", RUNNER, variant, str(src), str(out), str(workers)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root, peak = psutil.Process(process.pid), 0
@@ -168,7 +173,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-convert-", dir=args.work_dir))
     try:
-        bf16, fp8 = make_sources(work, args.layers, args.preset)
+        with contextlib.redirect_stdout(sys.stderr):  # synth's progress bars: stdout stays for the results
+            bf16, fp8 = make_sources(work, args.layers, args.preset)
         largest = largest_output_tensor(bf16)
         main_workers = max(args.workers)
         variants = [("copy", bf16, 1)]
@@ -179,8 +185,11 @@ def main() -> None:
         for name, src, workers in variants:
             if name in args.skip:
                 continue
-            runs = [run_once(name.split("_w")[0] if "_w" in name else name, src, work / "out", workers)
-                    for _ in range(args.repeats)]
+            runs = []
+            for repeat in range(args.repeats):
+                runs.append(run_once(name.split("_w")[0] if "_w" in name else name, src, work / "out", workers))
+                progress.print(f"{name} run {repeat + 1}/{args.repeats}: {runs[-1][0]:.1f} s, "
+                               f"peak RSS {runs[-1][2] / GB:.2f} GB")
             seconds = statistics.median(r[0] for r in runs)
             results[name] = {"workers": workers, "seconds": seconds, "written_gb": runs[0][1] / GB,
                              "read_gb": dir_bytes(src) / GB, "gb_per_s": runs[0][1] / GB / seconds,

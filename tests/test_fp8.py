@@ -246,3 +246,29 @@ def test_calibrated_fp8_is_as_close_as_per_tensor_fp8_can_be(arch, tiny_models, 
     convert(src.path, out, Mapping(tp=2, moe_ep=2 if src.spec.is_moe else 1), dtype="fp8",
             scales=calibrate(src, samples))
     assert verify(out, str(src.path)).min_cosine >= oracle_min_cosine(src) - 0.01
+
+
+def test_fp8_source_bytes_requantized_without_dequantizing_are_bit_identical(tmp_path):
+    """The converter requantizes an FP8 source from its e4m3 bytes (kept as they are where the scale is unchanged,
+    e.g. o_proj; rescaled where parts merge, e.g. q/k/v): every tensor equals dequantize-in-float32-then-quantize."""
+    from hunyuan_trtllm.checkpoints.fp8 import fp8_plan, source_scales
+    from hunyuan_trtllm.checkpoints.quantize import synth_fp8_checkpoint
+    from hunyuan_trtllm.checkpoints.source import Read
+    from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, materialize
+
+    model = synth_fp8_checkpoint(tmp_path / "a13b-fp8", "a13b", min_router_gap=0.0)
+    src = open_source(model)
+    bf16 = WeightPlan.build(src.spec, Mapping(tp=2, moe_ep=2), torch.bfloat16)
+    plan = fp8_plan(bf16, source_scales(src, bf16), False)
+    checked = 0
+    for rank in plan.ranks:
+        for tensor in rank:
+            if tensor.dtype == torch.float8_e4m3fn:
+                fast = materialize(tensor, src.read, read_e4m3=src.read_e4m3)
+                slow = materialize(tensor, src.read)
+                assert torch.equal(fast.view(torch.uint8), slow.view(torch.uint8)), tensor.name
+                checked += 1
+    assert checked > 20
+    name = "model.layers.0.self_attn.o_proj.weight"
+    q, scale = src.read_e4m3(Read(name))  # the bytes as stored
+    assert q.dtype == torch.float8_e4m3fn and torch.equal(q.float() * scale, src.get(name))

@@ -270,7 +270,7 @@ def _do_task(task: _Task) -> _Task:
     if task.rank not in fds:
         fds[task.rank] = os.open(partial_path(rank_file(_WORKER["out"], task.rank)), os.O_WRONLY)  # type: ignore[arg-type]
     tensor_plan: TensorPlan = plan.ranks[task.rank][task.tensor]
-    tensor = materialize(tensor_plan, src.read, task.part)
+    tensor = materialize(tensor_plan, src.read, task.part, src.read_e4m3 if src.fp8 else None)
     if tensor.numel() * tensor.element_size() != task.nbytes:
         raise CheckpointError(f"{tensor_plan.name}: built {tuple(tensor.shape)}, planned {tensor_plan.shape}")
     pwrite_tensor(fds[task.rank], task.offset, tensor)

@@ -121,6 +121,18 @@ class SourceCheckpoint:
         parts = [self._read_physical(p) for p in self.resolve(read)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
+    def read_e4m3(self, read: Read) -> tuple[torch.Tensor, float] | None:
+        """A logical slice as its stored e4m3 bytes and their dequantization scale, without dequantizing; None
+        unless every stored piece is e4m3 with one and the same scale (then :meth:`read` = bytes x scale)."""
+        pieces = self.resolve(read)
+        if any(self.tensors[p.name][1].dtype != torch.float8_e4m3fn for p in pieces):
+            return None
+        scales = {self.scalar(_weight_scale_name(p.name)) for p in pieces}
+        if len(scales) != 1:
+            return None
+        parts = [self._read_physical(p, dequantize=False) for p in pieces]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)), scales.pop()
+
     def get(self, name: str) -> torch.Tensor:
         """A whole logical tensor (for references and tests on small models)."""
         return self.read(Read(name))
@@ -138,7 +150,7 @@ class SourceCheckpoint:
     def _phys_shape(self, piece: PhysicalRead) -> tuple[int, ...]:
         return self.tensors[piece.name][1].shape
 
-    def _read_physical(self, piece: PhysicalRead) -> torch.Tensor:
+    def _read_physical(self, piece: PhysicalRead, dequantize: bool = True) -> torch.Tensor:
         """``pread`` exactly the rows a slice needs (no mmap, so resident memory never grows with the model)."""
         file, info = self.tensors[piece.name]
         header = self.headers[file]
@@ -161,8 +173,8 @@ class SourceCheckpoint:
         tensor = tensor.view(rows[1] - rows[0], *inner[1:]) if inner else tensor.view(())
         if piece.cols:
             tensor = tensor[:, piece.cols[0] : piece.cols[1]].contiguous()
-        if tensor.dtype == torch.float8_e4m3fn:  # FP8 storage (Tencent's FP8 release): dequantize
-            tensor = tensor.float() * self.scalar(_weight_scale_name(piece.name))
+        if dequantize and tensor.dtype == torch.float8_e4m3fn:  # FP8 storage (Tencent's FP8 release)
+            tensor = tensor.float().mul_(self.scalar(_weight_scale_name(piece.name)))
         return tensor
 
     def scalar(self, name: str) -> float:
