@@ -302,3 +302,17 @@ def test_generation_is_stepwise_argmax(tiny) -> None:
     assert ended.tokens == expected[: expected.index(expected[2])]  # end_id is not
     banned = Generation(prompt=prompt, max_new_tokens=1, end_id=-1, bad_words=[[expected[0]]])
     assert banned.step(executor) != expected[0]
+
+
+def test_multi_gpu_engines_start_in_orchestrator_mode(repos, tmp_path, tiny, monkeypatch) -> None:
+    """One tritonserver serves a multi-rank engine only in the backend's orchestrator mode (it spawns the ranks
+    through executor_worker_path); single-rank engines and the llmapi flavor need no such switch."""
+    from hunyuan_trtllm.serve.launch import triton_environment
+
+    monkeypatch.delenv("TRTLLM_ORCHESTRATOR", raising=False)
+    assert triton_environment(repos["engine"])["TRTLLM_ORCHESTRATOR"] == "1"  # tp 2 x pp 2
+    assert params(load(repos["engine"], "tensorrt_llm"))["executor_worker_path"] == EXECUTOR_WORKER
+    single = write_triton_repo(fake_engine(tmp_path / "one", tp=1, pp=1), tmp_path / "single", "engine",
+                               options=RepoOptions(tokenizer_dir=tiny["src"]))
+    for repo in (single, repos["llmapi"], repos["reference"]):
+        assert "TRTLLM_ORCHESTRATOR" not in triton_environment(repo)

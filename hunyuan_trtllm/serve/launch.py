@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -111,6 +112,17 @@ def run_trtllm_serve(target_dir: Path, options: ServeOptions, work: Path, ready_
                            f"http://{options.host}:{options.port}/v1")
 
 
+def triton_environment(repo: Path) -> dict[str, str]:
+    """The server's environment: a multi-GPU ``engine`` repository runs in the C++ backend's orchestrator mode
+    (``TRTLLM_ORCHESTRATOR=1``: one tritonserver spawns a worker per rank through ``executor_worker_path``; the
+    default leader mode would need one tritonserver per rank under mpirun)."""
+    meta = json.loads((repo / "repo.json").read_text(encoding="utf-8"))
+    env = dict(os.environ)
+    if meta["flavor"] == "engine" and meta.get("world_size", 1) > 1:
+        env["TRTLLM_ORCHESTRATOR"] = "1"
+    return env
+
+
 def run_system_triton(repo: Path, ready_timeout: float, http_port: int = TRITON_HTTP_PORT) -> None:
     """Run the image's own ``tritonserver`` on a generated repository until Ctrl-C."""
     if shutil.which("tritonserver") is None:
@@ -120,14 +132,16 @@ def run_system_triton(repo: Path, ready_timeout: float, http_port: int = TRITON_
     command = ["tritonserver", f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}",
                f"--metrics-port={metrics}"]
     _run_until_interrupted(command, f"http://127.0.0.1:{http}/v2/health/ready", ready_timeout,
-                           f"Triton: http://127.0.0.1:{http} (gRPC {grpc}, metrics {metrics})")
+                           f"Triton: http://127.0.0.1:{http} (gRPC {grpc}, metrics {metrics})",
+                           env=triton_environment(repo))
 
 
-def _run_until_interrupted(command: list[str], ready_url: str, timeout: float, banner: str) -> None:
+def _run_until_interrupted(command: list[str], ready_url: str, timeout: float, banner: str,
+                           env: dict[str, str] | None = None) -> None:
     from hunyuan_trtllm.cli import console
 
     console.print(f"[bold]starting[/] {' '.join(command)}")
-    process = start_process_group(command)
+    process = start_process_group(command, env)
     try:
         wait_ready(process, ready_url, timeout)
         console.print(f"[green]ready[/] {banner}  (Ctrl-C to stop)")
