@@ -25,12 +25,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
+from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
 
 GB = 1e9
 PROBE = """
 import resource, sys, time
-from hunyuan_trtllm.checkpoints.calibrate import calibrate, load_calibration_samples
+from hunyuan_trtllm.reference.calibrate import calibrate, load_calibration_samples
 from hunyuan_trtllm.checkpoints.source import open_source
 source = open_source(sys.argv[1])
 samples = load_calibration_samples(None, source.path, int(sys.argv[2]), int(sys.argv[3]))

@@ -86,7 +86,7 @@ else:
     from hunyuan_trtllm.checkpoints.convert import convert
     scales = None
     if "calib" in variant:
-        from hunyuan_trtllm.checkpoints.calibrate import calibrate, load_calibration_samples
+        from hunyuan_trtllm.reference.calibrate import calibrate, load_calibration_samples
         from hunyuan_trtllm.checkpoints.source import open_source
         scales = calibrate(open_source(src), load_calibration_samples(None, src, 4, 32))
     convert(src, out, Mapping(tp=tp, moe_ep=ep), dtype="fp8" if "fp8" in variant else "bfloat16",
@@ -146,7 +146,7 @@ def make_sources(work: Path, layers: int, preset: str) -> tuple[Path, Path]:
     from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
     from hunyuan_trtllm.checkpoints.quantize import fp8_linear_names, quantize_checkpoint, weight_scales
     from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
-    from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
+    from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
 
     bf16, fp8 = work / "a13b-bf16", work / "a13b-fp8"
     synth_checkpoint(bf16, "a13b", preset=preset, layers=layers, dtype="bfloat16", progress=preset == "full-width")

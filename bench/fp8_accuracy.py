@@ -27,14 +27,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from hunyuan_trtllm.checkpoints.calibrate import calibrate, load_calibration_samples
 from hunyuan_trtllm.checkpoints.convert import convert
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.prompts import DEFAULT_PROMPTS
 from hunyuan_trtllm.checkpoints.source import SourceCheckpoint, open_source
-from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
+from hunyuan_trtllm.reference.calibrate import calibrate, load_calibration_samples
 from hunyuan_trtllm.reference.hf_forward import hf_forward
 from hunyuan_trtllm.reference.verify import verify
+from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "golden"
 E4M3_MAX = 448.0

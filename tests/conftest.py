@@ -30,7 +30,7 @@ def golden_logits(path: Path) -> tuple[dict[str, list[int]], dict]:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny synthetic checkpoints in Tencent's format, one per architecture (float32)."""
-    from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
+    from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
 
     base = tmp_path_factory.mktemp("tiny-models")
     models = {}

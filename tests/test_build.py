@@ -14,7 +14,6 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-import hunyuan_trtllm.build_commands  # noqa: F401  (registers the build command)
 from hunyuan_trtllm.builder.build_config import A13B_CONTEXT, resolve_limits
 from hunyuan_trtllm.builder.build_plan import make_plan
 from hunyuan_trtllm.builder.checkpoint import open_checkpoint
@@ -26,11 +25,11 @@ from hunyuan_trtllm.checkpoints.fp8 import linear_weight_names
 from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.source import open_source
-from hunyuan_trtllm.checkpoints.synth import synth_config
 from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan
 from hunyuan_trtllm.cli import cli
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.serve.repository import read_engine_facts
+from hunyuan_trtllm.synth.checkpoint import synth_config
 
 from .conftest import SHARED
 

@@ -10,15 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hunyuan_trtllm.checkpoints import synth_configs
-from hunyuan_trtllm.checkpoints.calibrate import calibrate, load_calibration_samples
 from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
 from hunyuan_trtllm.checkpoints.prompts import DEFAULT_PROMPTS
 from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
-from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
+from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
 from hunyuan_trtllm.errors import UserError
+from hunyuan_trtllm.reference.calibrate import calibrate, load_calibration_samples
 from hunyuan_trtllm.reference.hf_forward import hf_forward
-from hunyuan_trtllm.serve.text import HunyuanTokenizer
+from hunyuan_trtllm.synth import configs as synth_configs
+from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
 
 from .conftest import measure_rss
 
@@ -214,7 +214,7 @@ def test_jsonl_errors_name_file_and_line(tiny_models: dict[str, Path], tmp_path:
 PROBE_SETUP = """
 import json
 from pathlib import Path
-from hunyuan_trtllm.checkpoints.calibrate import calibrate
+from hunyuan_trtllm.reference.calibrate import calibrate
 from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
 source = SourceCheckpoint(Path(sys.argv[1]))
 samples = json.loads(sys.argv[2])

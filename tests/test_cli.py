@@ -9,7 +9,6 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-import hunyuan_trtllm.commands  # noqa: F401  (registers the subcommands)
 from hunyuan_trtllm.cli import cli
 
 COMMANDS = ["inspect", "convert", "verify", "synth", "demo"]

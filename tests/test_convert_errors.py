@@ -10,7 +10,6 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-import hunyuan_trtllm.commands  # noqa: F401  (registers the subcommands)
 from hunyuan_trtllm.checkpoints import convert as convert_module
 from hunyuan_trtllm.checkpoints.convert import convert
 from hunyuan_trtllm.checkpoints.mapping import Mapping

@@ -16,7 +16,6 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import hunyuan_trtllm.deploy_commands  # noqa: F401  (registers the subcommands)
 from hunyuan_trtllm.cli import cli
 from tests.deploy_schemas import read_env_file, validate_compose, validate_k8s
 
@@ -135,7 +134,7 @@ def test_single_node_prepare_steps_are_this_projects_commands(tmp_path):
 
 def test_finished_steps_are_skipped(tmp_path):
     """Each step runs unless its output's config.json exists (the init containers rerun on every pod start)."""
-    from hunyuan_trtllm.serve.deploy import unless_done
+    from hunyuan_trtllm.deploy.spec import unless_done
 
     done = tmp_path / "done"
     record = tmp_path / "calls.jsonl"

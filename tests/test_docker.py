@@ -15,7 +15,6 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import hunyuan_trtllm.deploy_commands  # noqa: F401  (registers the subcommands)
 from hunyuan_trtllm.cli import cli
 from tests.deploy_schemas import validate_compose
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hunyuan_trtllm.checkpoints.calibrate import calibrate, load_calibration_samples
 from hunyuan_trtllm.checkpoints.convert import convert
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.prompts import DEFAULT_PROMPTS
 from hunyuan_trtllm.checkpoints.source import open_source
 from hunyuan_trtllm.errors import UserError
+from hunyuan_trtllm.reference.calibrate import calibrate, load_calibration_samples
 from hunyuan_trtllm.reference.executor import ReferenceExecutor
 from hunyuan_trtllm.reference.hf_forward import hf_forward
 from hunyuan_trtllm.reference.verify import verify
@@ -162,7 +162,7 @@ def test_fp8_needs_scales(tiny_models, tmp_path):
 
 
 def test_tencent_fp8_source_converts_without_calibration_keeping_its_scales(tmp_path):
-    from hunyuan_trtllm.checkpoints.quantize import synth_fp8_checkpoint
+    from hunyuan_trtllm.synth.fp8 import synth_fp8_checkpoint
 
     model = synth_fp8_checkpoint(tmp_path / "a13b-fp8", "a13b", min_router_gap=0.0)  # routing margins don't matter
     src = open_source(model)
@@ -205,7 +205,7 @@ def test_tencent_fp8_source_converts_without_calibration_keeping_its_scales(tmp_
 def test_fp8_source_missing_a_scale(tmp_path):
     from safetensors.torch import save_file
 
-    from hunyuan_trtllm.checkpoints.quantize import synth_fp8_checkpoint
+    from hunyuan_trtllm.synth.fp8 import synth_fp8_checkpoint
 
     model = synth_fp8_checkpoint(tmp_path / "a13b-fp8", "a13b", min_router_gap=0.0)
     for file in model.glob("*.safetensors"):
@@ -252,9 +252,9 @@ def test_fp8_source_bytes_requantized_without_dequantizing_are_bit_identical(tmp
     """The converter requantizes an FP8 source from its e4m3 bytes (kept as they are where the scale is unchanged,
     e.g. o_proj; rescaled where parts merge, e.g. q/k/v): every tensor equals dequantize-in-float32-then-quantize."""
     from hunyuan_trtllm.checkpoints.fp8 import fp8_plan, source_scales
-    from hunyuan_trtllm.checkpoints.quantize import synth_fp8_checkpoint
     from hunyuan_trtllm.checkpoints.source import Read
     from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, materialize
+    from hunyuan_trtllm.synth.fp8 import synth_fp8_checkpoint
 
     model = synth_fp8_checkpoint(tmp_path / "a13b-fp8", "a13b", min_router_gap=0.0)
     src = open_source(model)

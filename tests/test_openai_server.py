@@ -10,11 +10,11 @@ from fastapi.testclient import TestClient
 
 from hunyuan_trtllm.checkpoints.convert import convert
 from hunyuan_trtllm.checkpoints.mapping import Mapping
+from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
 from hunyuan_trtllm.reference.executor import ReferenceExecutor
 from hunyuan_trtllm.serve.generation import GenerationParams
 from hunyuan_trtllm.serve.openai_server import create_app
 from hunyuan_trtllm.serve.reference_decoding import Generation, SamplingParams
-from hunyuan_trtllm.serve.text import HunyuanTokenizer
 
 MODEL = "hunyuan-tiny"
 

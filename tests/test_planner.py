@@ -12,15 +12,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import hunyuan_trtllm.plan_commands  # noqa: F401  (registers the plan subcommand)
 from hunyuan_trtllm.builder.planner import make_plan
-from hunyuan_trtllm.checkpoints.calibrate import calibrate
 from hunyuan_trtllm.checkpoints.convert import convert
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.prompts import DEFAULT_PROMPTS
 from hunyuan_trtllm.checkpoints.source import open_source
 from hunyuan_trtllm.cli import cli
 from hunyuan_trtllm.errors import UserError
+from hunyuan_trtllm.reference.calibrate import calibrate
 
 from .conftest import SHARED
 

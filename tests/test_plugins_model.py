@@ -24,11 +24,11 @@ from hunyuan_trtllm.checkpoints.fp8 import fp8_plan, linear_weight_names, quanti
 from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.spec import LARGE, ModelSpec, load_config, parse_spec
-from hunyuan_trtllm.checkpoints.synth import synth_config
 from hunyuan_trtllm.checkpoints.trtllm_config import trtllm_config
 from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan
 from hunyuan_trtllm.errors import ConfigError, MappingError, UserError
 from hunyuan_trtllm.plugins.kv_layout import KvLayout
+from hunyuan_trtllm.synth.checkpoint import synth_config
 
 from .conftest import SHARED
 

@@ -22,18 +22,17 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-import hunyuan_trtllm.quantize_commands  # noqa: F401  (registers the subcommand)
 from hunyuan_trtllm.checkpoints.fp8_scales import E4M3_MAX, Fp8Scales
 from hunyuan_trtllm.checkpoints.quantize import (
     fp8_linear_names,
     quantize_checkpoint,
-    synth_fp8_checkpoint,
     weight_scales,
 )
 from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
-from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
 from hunyuan_trtllm.cli import cli
 from hunyuan_trtllm.errors import UserError
+from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
+from hunyuan_trtllm.synth.fp8 import synth_fp8_checkpoint
 
 SEED = 389  # tiny A13B's first seed whose bfloat16 router margins pass: synth needs no seed scan
 E4M3 = torch.float8_e4m3fn

@@ -16,7 +16,6 @@ import urllib.request
 import yaml
 from click.testing import CliRunner
 
-import hunyuan_trtllm.serve_commands  # noqa: F401  (registers the subcommands)
 from hunyuan_trtllm.cli import cli
 
 FAKE = textwrap.dedent("""\
@@ -102,7 +101,7 @@ def test_serve_with_triton_on_engines(tmp_path):
     for rank in range(2):
         (engines / f"rank{rank}.engine").write_bytes(b"")
     tokenizer = tmp_path / "tok"
-    from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
+    from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
 
     synth_checkpoint(tokenizer, "a13b")
     fake_binary(tmp_path / "bin", "tritonserver")

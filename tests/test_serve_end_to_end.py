@@ -18,9 +18,9 @@ import pytest
 pytest.importorskip("pytriton", reason="nvidia-pytriton (the Triton server bundled for CPU tests) is not installed")
 openai = pytest.importorskip("openai", reason="the official openai client (test extra) is not installed")
 
+from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer  # noqa: E402
 from hunyuan_trtllm.reference.executor import ReferenceExecutor  # noqa: E402
 from hunyuan_trtllm.serve.launch import reference_stack  # noqa: E402
-from hunyuan_trtllm.serve.text import HunyuanTokenizer  # noqa: E402
 
 MODEL = "hunyuan-a13b-tiny"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hunyuan_trtllm.serve.chat import ChatTemplate, normalize_messages, render_builtin
+from hunyuan_trtllm.checkpoints.chat_template import ChatTemplate, normalize_messages, render_builtin
+from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer, IncrementalDetokenizer
 from hunyuan_trtllm.serve.output import Delta, StreamingOutputParser, parse_output
-from hunyuan_trtllm.serve.text import HunyuanTokenizer, IncrementalDetokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FILES = SHARED / "fixtures" / "hunyuan-files"
@@ -75,7 +75,7 @@ def a13b(tmp_path_factory) -> HunyuanTokenizer:
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
+    from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
 
     folder = tmp_path_factory.mktemp("tiny") / "a13b"
     synth_checkpoint(folder, "a13b", preset="tiny", dtype="float32")

@@ -46,7 +46,7 @@ def test_reads_only_the_requested_rows(tiny_models):
 
 
 def test_fused_layout_reads_equal_separate(tiny_models, tmp_path):
-    from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
+    from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
 
     fused_dir = tmp_path / "fused"
     synth_checkpoint(fused_dir, "large", preset="tiny", dtype="float32", fused=True)

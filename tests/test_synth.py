@@ -12,13 +12,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from hunyuan_trtllm.checkpoints import synth, synth_configs
 from hunyuan_trtllm.checkpoints.hy_tokenizer import load_hy_tiktoken
 from hunyuan_trtllm.checkpoints.prompts import DEFAULT_PROMPTS
 from hunyuan_trtllm.checkpoints.spec import load_config, parse_spec
-from hunyuan_trtllm.checkpoints.synth import generate_weights, synth_checkpoint, synth_config
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.reference.hf_forward import router_gaps
+from hunyuan_trtllm.synth import checkpoint as synth
+from hunyuan_trtllm.synth import configs as synth_configs
+from hunyuan_trtllm.synth.checkpoint import generate_weights, synth_checkpoint, synth_config
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GOLDEN = SHARED / "fixtures" / "golden"

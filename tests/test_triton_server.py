@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.reference.executor import ReferenceExecutor
 from hunyuan_trtllm.serve import triton_server
 from hunyuan_trtllm.serve.repository import RepoOptions, write_triton_repo
-from hunyuan_trtllm.serve.text import HunyuanTokenizer
 from hunyuan_trtllm.serve.triton_server import TritonServer, TritonServerError
 
 needs_pytriton = pytest.mark.skipif(importlib.util.find_spec("pytriton") is None,

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from hunyuan_trtllm.builder.checkpoint import BuildModel
 from hunyuan_trtllm.checkpoints.spec import MOE_V1, ModelSpec
 from hunyuan_trtllm.errors import UserError
+
+if TYPE_CHECKING:  # torch and the weight plan load only when a build runs
+    from hunyuan_trtllm.builder.checkpoint import BuildModel
 
 A13B_CONTEXT = 262144  # Hunyuan-A13B's advertised context (shared/reference/hunyuan.md: config.json says 32768)
 DEFAULT_MAX_BATCH_SIZE = 64
@@ -93,7 +93,7 @@ def position_table(spec: ModelSpec, limits: BuildLimits) -> int:
 def plugin_config(model: BuildModel) -> dict[str, Any]:
     """``PluginConfig`` fields (TensorRT-LLM 1.2.1 names) for this model."""
     dtype = model.dtype_name
-    fmha = model.dtype != torch.float32
+    fmha = model.dtype_name != "float32"
     return {
         "dtype": dtype,
         "gpt_attention_plugin": dtype,

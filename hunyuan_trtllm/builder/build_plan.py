@@ -11,12 +11,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hunyuan_trtllm import __version__
 from hunyuan_trtllm.builder.build_config import BuildLimits, build_config, position_table
-from hunyuan_trtllm.builder.checkpoint import BuildModel
 from hunyuan_trtllm.errors import UserError
+
+if TYPE_CHECKING:  # torch and the weight plan load only when a build runs
+    from hunyuan_trtllm.builder.checkpoint import BuildModel
 
 TIMING_CACHE_NAME = "timing.cache"
 TOKENIZER_PATTERNS = ("*.tiktoken", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
@@ -107,7 +109,7 @@ def find_tokenizer(model: BuildModel, explicit: Path | None) -> Path | None:
         return home
     if not model.converted:
         return None
-    from hunyuan_trtllm.serve.launch import default_tokenizer_dir
+    from hunyuan_trtllm.checkpoints.provenance import default_tokenizer_dir
 
     try:
         source = default_tokenizer_dir(model.path)

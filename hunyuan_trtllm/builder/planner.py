@@ -31,13 +31,12 @@ from hunyuan_trtllm.builder.planner_costs import (
     RankCost,
     rank_costs,
 )
-from hunyuan_trtllm.builder.planner_models import PlannedModel, load_model
+from hunyuan_trtllm.builder.planner_models import DEFAULT_FREE_FRACTION, PlannedModel, load_model
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.spec import ModelSpec
 from hunyuan_trtllm.checkpoints.weight_plan import parameter_counts
 from hunyuan_trtllm.errors import MappingError, UserError
 
-DEFAULT_FREE_FRACTION = 0.9  # TensorRT-LLM LLM API's kv_cache_free_gpu_memory_fraction default
 OVERFLOW_ORDER = ("weights", "workspace", "kv")  # most to least severe
 GB = 10**9
 

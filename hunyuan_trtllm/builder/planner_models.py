@@ -14,6 +14,8 @@ from pathlib import Path
 from hunyuan_trtllm.checkpoints.spec import ModelSpec, parse_spec
 from hunyuan_trtllm.errors import UserError
 
+DEFAULT_FREE_FRACTION = 0.9  # TensorRT-LLM LLM API's kv_cache_free_gpu_memory_fraction default
+
 PRESETS: dict[str, str] = {
     "hunyuan-a13b": "Hunyuan-A13B-Instruct",
     "hunyuan-large": "Hunyuan-Large (Hunyuan-A52B-Instruct)",

@@ -69,8 +69,7 @@ from hunyuan_trtllm.checkpoints.safetensors_io import (
 )
 from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
 from hunyuan_trtllm.checkpoints.spec import ModelSpec
-from hunyuan_trtllm.checkpoints.synth import synth_checkpoint, tensor_shapes
-from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan
+from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, tensor_shapes
 from hunyuan_trtllm.errors import UserError
 
 FORMATS = ("trtllm", "tencent")
@@ -78,7 +77,6 @@ HF_QUANT_CONFIG = "hf_quant_config.json"
 INDEX = "model.safetensors.index.json"
 TENCENT_QUANTIZATION_CONFIG = {"quant_method": "fp8", "activation_scheme": "static"}
 EXCLUDE_MODULES = ["lm_head", "model.embed_tokens", "model.layers.*.mlp.gate", "model.layers.*.mlp.gate.wg"]
-SYNTH_INPUT_SCALE = 4.0 / 448  # a normed hidden state's amax is a few units
 _LINEAR = re.compile(r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(shared_mlp\.|experts\.\d+\.)?"
                      r"(gate|up|down)_proj)\.weight")
 _UNQUANTIZED_DTYPES = ("float32", "bfloat16", "float16")
@@ -144,42 +142,6 @@ def quantize_checkpoint(
         write_atomic(tmp / INDEX, json.dumps(index, indent=2) + "\n")
         _write_configs(tmp, source, kv_cache_fp8, format)
     return out_dir
-
-
-def synth_fp8_checkpoint(out_dir: Path, arch: str, seed: int = 0, format: str = "tencent",
-                         min_router_gap: float = 2e-3) -> Path:
-    """A tiny random checkpoint in Tencent's FP8 release format (or ``format="trtllm"``).
-
-    Built from :func:`synth_checkpoint` (tiny preset, bfloat16) with weight scales from the weights, an FP8 KV-cache
-    scale per layer, and input scales that differ for every projection and every expert (``SYNTH_INPUT_SCALE``
-    times 1 .. 2), so that a converter's max-merges of fused parts and of experts are observable.
-    """
-    out_dir = Path(out_dir)
-    work = out_dir.with_name(f".{out_dir.name}.synth-bf16-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    try:
-        synth_checkpoint(work, arch, preset="tiny", seed=seed, dtype="bfloat16", min_router_gap=min_router_gap)
-        source = SourceCheckpoint(work)
-        try:
-            quantize_checkpoint(source, out_dir, _synth_scales(source, f"synthetic ({arch}, seed {seed})"),
-                                kv_cache_fp8=True, format=format)
-        finally:
-            source.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out_dir
-
-
-def _synth_scales(source: SourceCheckpoint, origin: str) -> Fp8Scales:
-    """Weight scales from the weights; a distinct input scale for every linear and a KV scale per KV layer."""
-    names = fp8_linear_names(source.spec)
-    kv_layers = [layer for layer in range(source.spec.num_layers) if source.spec.is_kv_producer(layer)]
-    return Fp8Scales(
-        weight=weight_scales(source, names),
-        activation={name: SYNTH_INPUT_SCALE * (1 + i / len(names)) for i, name in enumerate(names)},
-        kv={layer: SYNTH_INPUT_SCALE * (1 + i / len(kv_layers)) for i, layer in enumerate(kv_layers)},
-        origin=origin,
-    )
 
 
 # ---- layout and writing ---------------------------------------------------------------------------------------

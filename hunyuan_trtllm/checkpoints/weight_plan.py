@@ -392,3 +392,12 @@ def parameter_counts(spec: ModelSpec) -> tuple[int, int]:
         total += n
         active += n * spec.top_k // spec.num_experts if ".mlp.experts." in name else n
     return total, active
+
+
+def tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the model in Tencent's separate layout (q/k/v, gate/up), sorted by name.
+
+    Taken from the weight plan (the tensors a tp=1 conversion reads), so synth and convert cannot disagree.
+    """
+    plan = WeightPlan.build(spec, Mapping(), torch.float32)
+    return dict(sorted((name, hf_shape(spec, name)) for name in plan.hf_tensors()))

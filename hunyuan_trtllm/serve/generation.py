@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from hunyuan_trtllm.serve.text import HunyuanTokenizer, IncrementalDetokenizer
+from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer, IncrementalDetokenizer
 
 
 @dataclass(frozen=True)

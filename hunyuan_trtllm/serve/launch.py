@@ -13,14 +13,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+
+from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.serve.openai_server import create_app
 from hunyuan_trtllm.serve.pbtxt import parse
 from hunyuan_trtllm.serve.process import start_process_group, stop_process_group, wait_ready
 from hunyuan_trtllm.serve.repository import RepoOptions, read_engine_facts, write_triton_repo
-from hunyuan_trtllm.serve.text import HunyuanTokenizer
 from hunyuan_trtllm.serve.triton_backend import TritonTokenBackend
 from hunyuan_trtllm.serve.trtllm_serve import ServeOptions, detect_target, trtllm_serve_command, write_llm_api_options
+
+console = Console(stderr=True)  # status lines; stdout stays for what programs read
 
 TRITON_HTTP_PORT = 8000  # then gRPC 8001 and metrics 8002: Triton's defaults, which probes and scrapers expect
 
@@ -32,16 +36,6 @@ class Endpoint:
     url: str
     model: str
     triton_url: str | None = None
-
-
-def default_tokenizer_dir(ckpt: Path) -> Path:
-    """The Hugging Face directory a converted checkpoint came from (recorded in its manifest)."""
-    manifest = ckpt / "manifest.json"
-    if manifest.is_file():
-        source = Path(json.loads(manifest.read_text())["source"]["path"])
-        if (source / "config.json").is_file():
-            return source
-    raise UserError(f"{ckpt}: cannot tell where the tokenizer is; pass --tokenizer (the Hugging Face model dir)")
 
 
 def _limits(repo: Path) -> tuple[int, int]:
@@ -138,8 +132,6 @@ def run_system_triton(repo: Path, ready_timeout: float, http_port: int = TRITON_
 
 def _run_until_interrupted(command: list[str], ready_url: str, timeout: float, banner: str,
                            env: dict[str, str] | None = None) -> None:
-    from hunyuan_trtllm.cli import console
-
     console.print(f"[bold]starting[/] {' '.join(command)}")
     process = start_process_group(command, env)
     try:

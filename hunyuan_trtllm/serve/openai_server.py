@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.serve.generation import GenerationParams, TokenBackend, generate_text
 from hunyuan_trtllm.serve.openai_protocol import (
@@ -31,7 +32,6 @@ from hunyuan_trtllm.serve.openai_protocol import (
     usage,
 )
 from hunyuan_trtllm.serve.output import StreamingOutputParser, parse_output
-from hunyuan_trtllm.serve.text import HunyuanTokenizer
 
 DEFAULT_MAX_TOKENS = 512
 

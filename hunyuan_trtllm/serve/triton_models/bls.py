@@ -1,8 +1,8 @@
 """Triton model ``tensorrt_llm_bls``: the ensemble's pipeline in Python, with streaming text that stays whole.
 
 It calls ``preprocessing`` and ``tensorrt_llm`` (BLS requests) and detokenizes itself: streamed tokens go through
-an :class:`~hunyuan_trtllm.serve.text.IncrementalDetokenizer`, so a Chinese character spread over several tokens
-arrives in one piece and the chunks concatenate to exactly the non-streamed text. Decoupled when the repository
+an :class:`~hunyuan_trtllm.checkpoints.tokenizer.IncrementalDetokenizer`, so a Chinese character spread over several
+tokens arrives in one piece and the chunks concatenate to exactly the non-streamed text. Decoupled when the repository
 streams (each request then runs in its own thread); ``stream`` asks for chunks.
 
 Parameters: ``tokenizer_dir``, ``skip_special_tokens``, ``preprocessing_model_name``, ``tensorrt_llm_model_name``,
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from hunyuan_trtllm.serve.text import HunyuanTokenizer, IncrementalDetokenizer
+from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer, IncrementalDetokenizer
 from hunyuan_trtllm.serve.triton_configs import CLIENT_TO_LLM, PASSTHROUGH_OUTPUTS
 from hunyuan_trtllm.serve.triton_pb import (
     RequestError,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from hunyuan_trtllm.serve.text import HunyuanTokenizer
+from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
 from hunyuan_trtllm.serve.triton_pb import model_parameters, required_array, respond_each, string_tensor
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
 from hunyuan_trtllm.serve.reference_decoding import encode_word_list
-from hunyuan_trtllm.serve.text import HunyuanTokenizer
 from hunyuan_trtllm.serve.triton_pb import (
     RequestError,
     batch_size,

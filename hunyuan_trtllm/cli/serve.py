@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from hunyuan_trtllm.cli import cli, console, print_json, print_table
+from hunyuan_trtllm.cli.app import cli, console, print_json, print_table
 from hunyuan_trtllm.errors import UserError
 
 FLAVOR_HELP = "engine: TensorRT-LLM 1.2.1 engines; llmapi: PyTorch backend (HF checkpoint); reference: CPU emulation"
@@ -53,7 +53,7 @@ def triton_repo(source: Path, out: Path, flavor: str, tokenizer: Path | None, ma
       hunyuan-trtllm triton-repo ./Hunyuan-A13B-Instruct -o repo --tp 8 --ep 8             # llmapi flavor
       hunyuan-trtllm triton-repo ckpt/ -o repo --flavor reference                          # CPU reference
     """
-    from hunyuan_trtllm.serve.launch import default_tokenizer_dir
+    from hunyuan_trtllm.checkpoints.provenance import default_tokenizer_dir
     from hunyuan_trtllm.serve.repository import RepoOptions, write_triton_repo
 
     kind = _kind(source)
@@ -146,7 +146,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _dry_run(source: Path, tokenizer: Path | None, host: str, port: int, name: str, max_seq_len: int | None) -> None:
-    from hunyuan_trtllm.serve.launch import default_tokenizer_dir, reference_stack
+    from hunyuan_trtllm.checkpoints.provenance import default_tokenizer_dir
+    from hunyuan_trtllm.serve.launch import reference_stack
 
     kind = _kind(source)
     if kind == "engine":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shlex
 
-from hunyuan_trtllm.serve.deploy import GRPC_PORT, HTTP_PORT, METRICS_PORT, DeploySpec
+from hunyuan_trtllm.deploy.spec import GRPC_PORT, HTTP_PORT, METRICS_PORT, DeploySpec
 
 WAIT_SECONDS = 600  # per `kubectl wait` attempt; the leader's startupProbe bounds the whole start
 

@@ -8,9 +8,8 @@ import click
 from rich.table import Table
 
 from hunyuan_trtllm.builder.gpu_specs import GPUS
-from hunyuan_trtllm.builder.planner import DEFAULT_FREE_FRACTION, make_plan
-from hunyuan_trtllm.builder.planner_models import PRESETS
-from hunyuan_trtllm.cli import cli, print_json, print_table, stdout
+from hunyuan_trtllm.builder.planner_models import DEFAULT_FREE_FRACTION, PRESETS
+from hunyuan_trtllm.cli.app import cli, print_json, print_table, stdout
 
 GB = 1e9
 KIB = 1024
@@ -49,6 +48,8 @@ def plan(model: str | None, preset: str | None, gpu: str, gpus_per_node: int, no
       hunyuan-trtllm plan --preset hunyuan-large --gpu h100 --gpus 8 --nodes 2 --json
       hunyuan-trtllm plan ./Hunyuan-A13B-Instruct --gpu h20 --gpus 4 --dtype fp8 --kv-cache-dtype fp8
     """
+    from hunyuan_trtllm.builder.planner import make_plan
+
     result = make_plan(model, preset, gpu, gpus_per_node, nodes, dtype, kv_cache_dtype, max_seq_len, free_fraction)
     if as_json:
         print_json(result)

@@ -28,9 +28,9 @@ from typing import Any, Protocol
 
 import tiktoken
 
+from hunyuan_trtllm.checkpoints.chat_template import TURN_END, ChatTemplate, Message
 from hunyuan_trtllm.checkpoints.hy_tokenizer import load_hy_tiktoken
 from hunyuan_trtllm.errors import UserError
-from hunyuan_trtllm.serve.chat import TURN_END, ChatTemplate, Message
 
 PAD = "<|pad|>"
 
@@ -169,7 +169,8 @@ class HunyuanTokenizer:
         """Load ``hy.tiktoken`` (else ``tokenizer.json``), ``tokenizer_config.json`` and ``generation_config.json``.
 
         The chat template is ``tokenizer_config.json``'s ``chat_template`` (else a ``chat_template.jinja`` file);
-        ``hy.tiktoken`` models without one get the built-in A13B template (see :mod:`hunyuan_trtllm.serve.chat`).
+        ``hy.tiktoken`` models without one get the built-in A13B template
+        (see :mod:`hunyuan_trtllm.checkpoints.chat_template`).
         """
         path = Path(path)
         if (path / "hy.tiktoken").is_file():

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from hunyuan_trtllm.cli import cli, print_json, print_table
+from hunyuan_trtllm.cli.app import cli, print_json, print_table
 from hunyuan_trtllm.errors import UserError
 
 PLAN_FLAGS = ("--preset", "--gpu", "--gpus", "--nodes", "--dtype", "--kv-cache-dtype", "--max-seq-len")
@@ -68,7 +68,7 @@ def _options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def _plan(plan_or_model: str | None, flags: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """(the plan, where it came from): a plan JSON file, or ``make_plan`` on the plan flags."""
-    from hunyuan_trtllm.serve.deploy import load_plan
+    from hunyuan_trtllm.deploy.spec import load_plan
 
     given = [flag for flag in PLAN_FLAGS if flags[flag] is not None]
     if plan_or_model and Path(plan_or_model).is_file():
@@ -88,7 +88,7 @@ def _plan(plan_or_model: str | None, flags: dict[str, Any]) -> tuple[dict[str, A
 
 def _spec(params: dict[str, Any]):
     """The validated DeploySpec from the command's parameters."""
-    from hunyuan_trtllm.serve.deploy import DeployOptions, deploy_spec
+    from hunyuan_trtllm.deploy.spec import DeployOptions, deploy_spec
 
     flags = {flag: params[flag.removeprefix("--").replace("-", "_")] for flag in PLAN_FLAGS}
     plan, where = _plan(params["plan_or_model"], flags)
@@ -135,8 +135,8 @@ def compose(**params: Any) -> None:
       hunyuan-trtllm deploy compose --preset hunyuan-a13b --gpu h100 --gpus 8 --dtype fp8 -o deploy-a13b
       hunyuan-trtllm deploy compose ./Hunyuan-A13B-Instruct --gpu h200 --gpus 4 --backend trtllm-serve -o d
     """
-    from hunyuan_trtllm.serve.compose import compose_files
-    from hunyuan_trtllm.serve.deploy import write_output_dir
+    from hunyuan_trtllm.deploy.compose import compose_files
+    from hunyuan_trtllm.deploy.spec import write_output_dir
 
     spec = _spec(params)
     files = compose_files(spec, params["build_context"])
@@ -160,8 +160,8 @@ def k8s(**params: Any) -> None:
       hunyuan-trtllm deploy k8s --preset hunyuan-large --gpu h100 --gpus 8 --nodes 2 \\
           --model /cache/models/Hunyuan-A52B-Instruct --storage-class nfs -o k8s-large
     """
-    from hunyuan_trtllm.serve.deploy import write_output_dir
-    from hunyuan_trtllm.serve.kubernetes import k8s_files
+    from hunyuan_trtllm.deploy.kubernetes import k8s_files
+    from hunyuan_trtllm.deploy.spec import write_output_dir
 
     spec = _spec(params)
     files = k8s_files(spec, params["storage"], params["storage_class"])
@@ -183,6 +183,6 @@ def fetch(model: str, link: Path) -> None:
       HF_HOME=/cache/huggingface hunyuan-trtllm deploy fetch tencent/Hunyuan-A13B-Instruct \\
           --link /cache/models/hunyuan-a13b-instruct
     """
-    from hunyuan_trtllm.serve.deploy import link_model
+    from hunyuan_trtllm.deploy.spec import link_model
 
     click.echo(f"{link} -> {link_model(model, link)}")

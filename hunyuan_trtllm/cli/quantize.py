@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
-from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
-from hunyuan_trtllm.cli import byte_progress, cli, print_json, print_table
-from hunyuan_trtllm.fp8_cli import calibration_options, resolve_scales
+from hunyuan_trtllm.cli.app import byte_progress, cli, print_json, print_table
+from hunyuan_trtllm.cli.fp8_options import calibration_options, resolve_scales
+
+if TYPE_CHECKING:  # torch loads only when a command runs
+    from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
+    from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
 
 GB = 1e9
 

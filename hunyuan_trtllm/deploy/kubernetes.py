@@ -6,7 +6,7 @@ per-replica claims buy nothing, while a second replica would need its own GPUs a
 of engines. Recreate, because the GPUs and the ReadWriteOnce volume cannot be held by an old and a new pod at once.
 
 Several nodes: a **LeaderWorkerSet** (leaderworkerset.x-k8s.io/v1, size = nodes) whose leader converts and builds
-in init containers and then starts the MPI world (:mod:`hunyuan_trtllm.serve.mpi_launch`); the volume is
+in init containers and then starts the MPI world (:mod:`hunyuan_trtllm.deploy.mpi_launch`); the volume is
 ReadWriteMany so every pod reads the same engines. ``restartPolicy: RecreateGroupOnPodRestart``: one lost rank
 restarts the whole world.
 
@@ -23,9 +23,9 @@ import re
 from typing import Any
 
 from hunyuan_trtllm import __version__
+from hunyuan_trtllm.deploy import spec as d
+from hunyuan_trtllm.deploy.mpi_launch import leader_script, worker_script
 from hunyuan_trtllm.errors import UserError
-from hunyuan_trtllm.serve import deploy as d
-from hunyuan_trtllm.serve.mpi_launch import leader_script, worker_script
 
 LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 LWS_WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"  # "0" on leaders (lws api/.../types.go)

@@ -1,4 +1,8 @@
-"""The ``hunyuan-trtllm`` command line: one entry point for convert, verify, inspect, synth and the demo."""
+"""The root of the ``hunyuan-trtllm`` command: the click group, its error handling and the output helpers.
+
+The command modules beside this one register their subcommands on :data:`cli`; they import this module, never
+the other way round.
+"""
 
 from __future__ import annotations
 
@@ -87,16 +91,3 @@ def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
 
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
-
-
-def main() -> None:
-    from hunyuan_trtllm import (  # noqa: F401  (register the subcommands)
-        build_commands,  # noqa: F401  (register the build subcommand)
-        commands,
-        deploy_commands,  # noqa: F401  (register the deploy subcommands)
-        plan_commands,  # noqa: F401  (register the plan subcommand)
-        quantize_commands,
-        serve_commands,
-    )
-
-    cli()

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
-from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
-from hunyuan_trtllm.cli import console
+from hunyuan_trtllm.cli.app import console
 from hunyuan_trtllm.errors import UserError
+
+if TYPE_CHECKING:  # torch loads only when a command runs
+    from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
+    from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
 
 
 def calibration_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -41,6 +43,8 @@ def resolve_scales(src: SourceCheckpoint, calib_data: Path | None, calib_builtin
                    calib_seq_len: int, calib_device: str, scales_file: Path | None) -> Fp8Scales | None:
     """The scales to quantize with; None means "the FP8 source's own" (Tencent's FP8 release: no calibration)."""
     if scales_file is not None:
+        from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
+
         return Fp8Scales.load(scales_file)
     if calib_data is None and not calib_builtin:
         if src.fp8:
@@ -51,7 +55,7 @@ def resolve_scales(src: SourceCheckpoint, calib_data: Path | None, calib_builtin
         raise UserError("--calib-data and --calib-builtin exclude each other")
     if calib_samples < 1 or calib_seq_len < 2:
         raise UserError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
-    from hunyuan_trtllm.checkpoints.calibrate import calibrate, load_calibration_samples
+    from hunyuan_trtllm.reference.calibrate import calibrate, load_calibration_samples
 
     samples = load_calibration_samples(calib_data, src.path, calib_samples, calib_seq_len)
     tokens = sum(len(s) for s in samples)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from hunyuan_trtllm.cli import byte_progress, cli, console, print_json, print_table, stdout
+from hunyuan_trtllm.cli.app import byte_progress, cli, console, print_json, print_table, stdout
+from hunyuan_trtllm.cli.fp8_options import calibration_options, resolve_scales
 from hunyuan_trtllm.errors import UserError
-from hunyuan_trtllm.fp8_cli import calibration_options, resolve_scales
 
 GB = 1e9
 
@@ -215,7 +215,7 @@ def synth(arch: str, preset: str, layers: int | None, seed: int, dtype: str | No
       hunyuan-trtllm synth --arch a13b -o tiny-a13b
       hunyuan-trtllm synth --arch large --preset full-width --layers 2 -o large-2l
     """
-    from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
+    from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
 
     spec = synth_checkpoint(out_dir, arch, preset=preset, layers=layers, seed=seed, dtype=dtype, fused=fused,
                             progress=True)
@@ -235,8 +235,8 @@ def demo(work_dir: Path | None) -> None:
     """
     from hunyuan_trtllm.checkpoints.convert import convert as run_convert
     from hunyuan_trtllm.checkpoints.mapping import Mapping
-    from hunyuan_trtllm.checkpoints.synth import synth_checkpoint
     from hunyuan_trtllm.reference.verify import verify as run_verify
+    from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
 
     keep = contextlib.nullcontext(work_dir) if work_dir else tempfile.TemporaryDirectory(prefix="hunyuan-demo-")
     with keep as base:

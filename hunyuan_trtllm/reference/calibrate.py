@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales, check_scale, scale_from_amax
 from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
+from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.reference.hf_forward import ClaState, decoder_layer, embed, linear_weight_names
-from hunyuan_trtllm.serve.text import HunyuanTokenizer
 
 # Called after each decoder layer with (layers done, number of layers).
 ProgressFn = Callable[[int, int], None]

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hunyuan_trtllm import __version__
+from hunyuan_trtllm.deploy import spec as d
 from hunyuan_trtllm.errors import UserError
-from hunyuan_trtllm.serve import deploy as d
 
 SHM_SIZE = "32gb"
 # NVIDIA's docker run conventions for TensorRT-LLM (triton.md section 5): unlimited locked memory, 64 MiB stack.

@@ -2,14 +2,14 @@
 
 A plan (``hunyuan-trtllm plan ... --json``, :mod:`hunyuan_trtllm.builder.planner`) is reduced to a
 :class:`DeploySpec`: the recommended layout (tp, pp, MoE EP, nodes), dtype, KV-cache dtype and sequence length,
-plus the user's deployment options. :mod:`hunyuan_trtllm.serve.compose` and :mod:`hunyuan_trtllm.serve.kubernetes`
+plus the user's deployment options. :mod:`hunyuan_trtllm.deploy.compose` and :mod:`hunyuan_trtllm.deploy.kubernetes`
 turn it into files. Every container runs this project's own commands, in this order:
 
 1. ``hunyuan-trtllm deploy fetch MODEL --link /cache/models/NAME`` (a Hugging Face repo id into the HF cache);
 2. ``hunyuan-trtllm convert`` into ``/engines/NAME/LAYOUT/ckpt`` (skipped once its ``config.json`` exists);
 3. ``hunyuan-trtllm build`` into ``/engines/NAME/LAYOUT/engine-...`` (likewise);
 4. ``hunyuan-trtllm serve ENGINE --with triton|trtllm-serve`` on one node, or on several nodes an MPI world of
-   tp x pp ranks started by the leader (:mod:`hunyuan_trtllm.serve.mpi_launch`).
+   tp x pp ranks started by the leader (:mod:`hunyuan_trtllm.deploy.mpi_launch`).
 
 The directories carry the layout in their names, so changing the plan never reuses a stale checkpoint or engine.
 """

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
-from hunyuan_trtllm.checkpoints import synth_configs
 from hunyuan_trtllm.checkpoints.hy_tokenizer import (
     SPECIAL_TOKENS,
     filled_ranks,
@@ -31,7 +30,6 @@ from hunyuan_trtllm.checkpoints.hy_tokenizer import (
     train_tiny_bpe,
     write_hy_tiktoken,
 )
-from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.prompts import DEFAULT_PROMPTS
 from hunyuan_trtllm.checkpoints.safetensors_io import (
     OutputEntry,
@@ -45,8 +43,10 @@ from hunyuan_trtllm.checkpoints.safetensors_io import (
     write_atomic,
 )
 from hunyuan_trtllm.checkpoints.spec import ModelSpec, load_config, parse_spec
-from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, hf_shape
+from hunyuan_trtllm.checkpoints.weight_plan import tensor_shapes
 from hunyuan_trtllm.errors import UserError
+from hunyuan_trtllm.reference.hf_forward import router_gaps
+from hunyuan_trtllm.synth import configs as synth_configs
 
 ARCHS = ("a13b", "large", "dense")
 PRESETS = ("tiny", "full-width")
@@ -116,15 +116,6 @@ def synth_config(arch: str, preset: str = "tiny", layers: int | None = None, dty
     return synth_configs.BUILDERS[arch](dims, layers or dims.layers, synth_configs.SpecialIds.of(num_ranks), dtype)
 
 
-def tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the model in Tencent's separate layout (q/k/v, gate/up), sorted by name.
-
-    Taken from the weight plan (the tensors a tp=1 conversion reads), so synth and convert cannot disagree.
-    """
-    plan = WeightPlan.build(spec, Mapping(), torch.float32)
-    return dict(sorted((name, hf_shape(spec, name)) for name in plan.hf_tensors()))
-
-
 def generate_weights(shapes: dict[str, tuple[int, ...]], seed: int, dtype: torch.dtype) -> WeightStream:
     """Draw every tensor in sorted-name order from one generator, yielding row chunks in the stored dtype.
 
@@ -160,8 +151,6 @@ def _weights(
     dtype = DTYPES[spec.torch_dtype]
     if preset != "tiny" or not spec.is_moe:
         return generate_weights(shapes, seed, dtype), seed, None
-    from hunyuan_trtllm.reference.hf_forward import router_gaps
-
     task = bar.add_task("router-margin seed scan", total=MAX_SEED_TRIES)
     for candidate in range(seed, seed + MAX_SEED_TRIES):
         weights = _materialize(generate_weights(shapes, candidate, dtype), shapes, dtype)

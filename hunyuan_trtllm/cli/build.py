@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hunyuan_trtllm.builder.build_config import DEFAULT_MAX_BATCH_SIZE
-from hunyuan_trtllm.builder.build_plan import BuildPlan
-from hunyuan_trtllm.builder.checkpoint import BuildModel
-from hunyuan_trtllm.builder.rank_build import RankResult
-from hunyuan_trtllm.cli import cli, console, print_json, print_table, stdout
+from hunyuan_trtllm.cli.app import cli, console, print_json, print_table, stdout
 from hunyuan_trtllm.errors import UserError
+
+if TYPE_CHECKING:  # torch loads only when a build runs
+    from hunyuan_trtllm.builder.build_plan import BuildPlan
+    from hunyuan_trtllm.builder.checkpoint import BuildModel
+    from hunyuan_trtllm.builder.rank_build import RankResult
 
 GIB = 2**30
 
