@@ -76,6 +76,8 @@ def inspect(model: str, as_json: bool) -> None:
 @calibration_options
 @click.option("--save-scales", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="With --dtype fp8: also write the FP8 scales used (JSON) for later runs (--scales).")
+@click.option("--mtp", default="drop", show_default=True, type=click.Choice(["drop", "keep"]),
+              help="Hy3's MTP layer: leave it out, or write it as a draft part in OUTPUT/mtp.")
 @click.option("--workers", default=1, show_default=True, help="Worker processes.")
 @click.option("--ranks", default=None, help="Convert only these ranks, e.g. 0-3 (split a conversion over machines).")
 @click.option("--overwrite", is_flag=True, help="Replace whatever the output directory holds.")
@@ -83,8 +85,8 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv_cache_dtype: str,
             calib_data: Path | None, calib_builtin: bool, calib_samples: int, calib_seq_len: int, calib_device: str,
-            scales_file: Path | None, save_scales: Path | None, workers: int, ranks: str | None, overwrite: bool,
-            quiet: bool, as_json: bool) -> None:
+            scales_file: Path | None, save_scales: Path | None, mtp: str, workers: int, ranks: str | None,
+            overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Convert MODEL to a TensorRT-LLM checkpoint (config.json + rank{N}.safetensors).
 
     Reads only the slices each rank needs, writes every rank file atomically, and resumes an interrupted
@@ -99,6 +101,8 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv
       hunyuan-trtllm convert ./Hunyuan-A13B-Instruct-FP8 -o ckpt --tp 4 --ep 4 --dtype fp8   # scales from the source
       hunyuan-trtllm convert ./Hunyuan-A13B-Instruct -o ckpt --tp 4 --ep 4 --dtype fp8 --kv-cache-dtype fp8 \\
           --calib-builtin --calib-samples 128
+      hunyuan-trtllm convert tencent/Hy3 -o hy3-tp8 --tp 8 --ep 8 --mtp keep   # Hy3 + its MTP draft part
+      hunyuan-trtllm convert tencent/Hy3-FP8 -o hy3-fp8-tp4 --tp 4 --ep 4 --dtype fp8   # no calibration
     """
     from hunyuan_trtllm.checkpoints.convert import convert as run_convert
     from hunyuan_trtllm.checkpoints.mapping import Mapping, parse_ranks
@@ -119,7 +123,7 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv
         with progress or contextlib.nullcontext():
             result = run_convert(model, out_dir, mapping, dtype=dtype, workers=workers,
                                  ranks=parse_ranks(ranks, mapping.world_size), overwrite=overwrite, progress=start,
-                                 scales=scales, kv_cache_fp8=kv_cache_dtype == "fp8")
+                                 scales=scales, kv_cache_fp8=kv_cache_dtype == "fp8", mtp=mtp)
     except KeyboardInterrupt:
         console.print("finished rank files are kept, partial ones are not; run the same command to resume")
         raise
