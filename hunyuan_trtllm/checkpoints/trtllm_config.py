@@ -7,7 +7,7 @@ Hunyuan-specific facts are written explicitly rather than left to defaults:
 - ``moe.normalization_mode``: RENORMALIZE (1) for top-k > 1, NONE (0) for Hunyuan-Large's top-1;
 - CLA: ``num_kv_heads_per_layer`` (0 for layers that own no KV cache, as DeciLM marks them) and
   ``cla_kv_source_layer`` (the global layer whose KV cache each layer reads).
-- routing, exactly (``moe.routing``): ``scoring`` softmax (older Hunyuan) or sigmoid (Hy3); ``expert_bias``
+- routing, exactly (``hunyuan.routing``; ``moe`` holds only TensorRT-LLM's ``MoeConfig`` fields): ``scoring`` softmax (older Hunyuan) or sigmoid (Hy3); ``expert_bias``
   ``selection_only`` (Hy3: ``layers.{l}.mlp.expert_bias`` is added to the scores for top-k only, the weights are
   the unbiased scores) or ``none``; ``renormalize`` (weights / (sum + ``renormalize_epsilon``)); and
   ``routed_scaling_factor`` (weights x factor after renormalising; Hy3: 2.826). No stock TensorRT-LLM
@@ -84,7 +84,6 @@ def trtllm_config(spec: ModelSpec, mapping: Mapping, dtype: torch.dtype,
             "device_limited_n_group": 0,
             "device_limited_topk_group": 0,
             "device_limited_routed_scaling_factor": 1.0,
-            "routing": routing(spec) if spec.is_moe else None,
         },
         "use_cla": spec.uses_cla,
         "cla_share_factor": spec.cla_share_factor,
@@ -93,6 +92,7 @@ def trtllm_config(spec: ModelSpec, mapping: Mapping, dtype: torch.dtype,
         "hunyuan": {
             "rope_theta": spec.rope_theta,
             "rope_alpha": spec.rope_alpha,
+            "routing": routing(spec) if spec.is_moe else None,
             "qk_norm_after_rope": not spec.qk_norm_before_rope,
             "qk_norm_position": "before_rope" if spec.qk_norm_before_rope else "after_rope",
             "mlp_layer_types": ["moe" if spec.is_moe_layer(i) else "dense" for i in layers],

@@ -10,7 +10,7 @@ Semantics, in the order they happen in one decoder layer:
   RMSNorm of q and k (QK-norm *after* RoPE; *before* it when ``hunyuan.qk_norm_position`` is ``before_rope``,
   Hy3) -> causal GQA attention over the KV cache -> ``dense`` (row-parallel, summed over ranks). CLA consumer
   layers have a Q-only projection and attend over their producer's cache;
-- MoE: router in float32 on the full hidden state, then ``moe.routing``: softmax scores (``RENORMALIZE``:
+- MoE: router in float32 on the full hidden state, then ``hunyuan.routing``: softmax scores (``RENORMALIZE``:
   softmax over the top-k logits, ``NONE``: top-k of the softmax), or sigmoid scores (Hy3) with top-k of
   ``scores + mlp.expert_bias`` and the unbiased scores as weights, renormalised (``/ (sum + eps)``) and times
   ``routed_scaling_factor``; experts ``fc`` -> ``swiglu`` (``x, gate = chunk(fc(h), 2); silu(gate) * x``) ->
@@ -91,7 +91,7 @@ class ReferenceExecutor:
         self.norm_before_rope = extra.get("qk_norm_position") == "before_rope"
         moe_kind = "moe" if self.moe.get("num_experts", 0) > 1 else "dense"
         self.mlp_kinds = extra.get("mlp_layer_types") or [moe_kind] * self.n_layers
-        self.routing = self.moe.get("routing") or {"scoring": "softmax", "expert_bias": "none",
+        self.routing = extra.get("routing") or {"scoring": "softmax", "expert_bias": "none",
                                                    "renormalize": self.moe.get("normalization_mode", 0) == 1,
                                                    "routed_scaling_factor": 1.0}
         quant = cfg.get("quantization") or {}
