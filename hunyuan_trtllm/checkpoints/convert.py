@@ -8,6 +8,13 @@ How it stays fast and small:
 - files are written as ``.rankN.safetensors.partial`` and renamed when complete; ``manifest.json`` records the
   plan digest, so an interrupted run resumes by skipping finished ranks, and ``config.json`` is written last,
   only once every rank file exists.
+
+Hy3's MTP layer (``model.layers.{num_hidden_layers}``) is not part of the main checkpoint. With ``mtp="keep"`` it
+is written as a draft part in ``OUT/mtp/``: ``rank{r}.safetensors`` for each TP rank r (pp 1: the part runs beside
+the last pipeline stage, whose hidden states and lm_head it uses), holding ``mtp.layers.{i}.*`` = the decoder-layer
+tensors under the main checkpoint's names and sharding (attention, router, expert bias, experts, shared expert)
+plus ``enorm``, ``hnorm``, ``eh_proj`` [H, 2H] (input ``[enorm(embedding) ; hnorm(hidden)]``, replicated) and
+``final_layernorm``; the embedding and lm_head are the main checkpoint's. ``OUT/mtp/config.json`` describes it.
 """
 
 from __future__ import annotations
@@ -39,8 +46,14 @@ from hunyuan_trtllm.checkpoints.safetensors_io import (
     write_atomic,
 )
 from hunyuan_trtllm.checkpoints.source import Read, SourceCheckpoint, open_source
-from hunyuan_trtllm.checkpoints.trtllm_config import DTYPE_STRINGS, trtllm_config
-from hunyuan_trtllm.checkpoints.weight_plan import TensorPlan, WeightPlan, hf_shape, materialize
+from hunyuan_trtllm.checkpoints.trtllm_config import DTYPE_STRINGS, MTP_DIR, trtllm_config
+from hunyuan_trtllm.checkpoints.weight_plan import (
+    TensorPlan,
+    WeightPlan,
+    hf_shape,
+    materialize,
+    mtp_parameter_count,
+)
 from hunyuan_trtllm.errors import CheckpointError, UserError
 
 MANIFEST = "manifest.json"
@@ -102,15 +115,21 @@ def convert(
     progress: Callable[[int, int], ProgressFn] | None = None,
     scales: Fp8Scales | None = None,
     kv_cache_fp8: bool = False,
+    mtp: str = "drop",
 ) -> ConvertResult:
     """Convert MODEL into a TensorRT-LLM checkpoint in ``out_dir``.
 
     ``dtype="fp8"``: per-tensor FP8 weights (bfloat16 activations) with ``scales`` from calibration, or, for an
     FP8 source (Tencent's format), the scales stored in it. ``progress(total_bytes, already_done)`` may return a
-    callback that receives bytes as they are written.
+    callback that receives bytes as they are written. ``mtp="keep"`` also writes the MTP draft part (module
+    docstring); ``"drop"`` leaves it out with a note.
     """
     start = time.perf_counter()
+    if mtp not in ("drop", "keep"):
+        raise UserError(f"--mtp {mtp}: expected drop or keep")
     src = open_source(model)
+    if mtp == "keep" and not src.spec.num_mtp_layers:
+        raise UserError(f"--mtp keep: {src.path / 'config.json'} declares no MTP layer (num_nextn_predict_layers)")
     quantization = None
     plan = WeightPlan.build(src.spec, mapping, resolve_dtype("bfloat16" if dtype == "fp8" else dtype,
                                                              src.spec.torch_dtype))
@@ -141,13 +160,39 @@ def convert(
             finish_partial(rank_file(out_dir, task.rank))
 
     complete = all(rank_file(out_dir, r).is_file() for r in range(mapping.world_size))
+    notes = list(src.spec.notes)
+    if complete and mtp == "keep":
+        total += _write_mtp_part(src, out_dir / MTP_DIR, mapping, plan.dtype, workers)
+    elif src.spec.num_mtp_layers:
+        notes.append(f"the MTP layer (model.layers.{src.spec.num_layers}, {mtp_parameter_count(src.spec):,} "
+                     "parameters) is left out of the checkpoint; --mtp keep writes it as a draft part")
     if complete:
-        config = trtllm_config(src.spec, mapping, plan.dtype, quantization)
+        config = trtllm_config(src.spec, mapping, plan.dtype, quantization, mtp_kept=mtp == "keep")
         write_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     _write_manifest(out_dir, src, plan)
-    return ConvertResult(
-        out_dir, plan, todo, done, complete, total, time.perf_counter() - start, list(src.spec.notes)
-    )
+    return ConvertResult(out_dir, plan, todo, done, complete, total, time.perf_counter() - start, notes)
+
+
+def _write_mtp_part(src: SourceCheckpoint, mtp_dir: Path, mapping: Mapping, dtype: torch.dtype, workers: int) -> int:
+    """Write the MTP draft part into ``mtp_dir`` (unquantized: in FP8 conversions it stays bfloat16); its bytes."""
+    plan = WeightPlan.build_mtp(src.spec, mapping, dtype)
+    check_source(src, plan)
+    shutil.rmtree(mtp_dir, ignore_errors=True)  # one layer: an interrupted part is rewritten, never resumed
+    mtp_dir.mkdir()
+    tasks = [task for r in range(plan.mapping.world_size) for task in _rank_tasks(mtp_dir, plan, r)]
+    remaining = {r: sum(1 for t in tasks if t.rank == r) for r in range(plan.mapping.world_size)}
+    for task in _run(src.path, plan, mtp_dir, tasks, workers):
+        remaining[task.rank] -= 1
+        if remaining[task.rank] == 0:
+            finish_partial(rank_file(mtp_dir, task.rank))
+    config = {"kind": "hy3_mtp_draft", "architecture": src.spec.architecture, "dtype": DTYPE_STRINGS[plan.dtype],
+              "num_mtp_layers": src.spec.num_mtp_layers, "mapping": plan.mapping.to_dict(),
+              "source_layers": [src.spec.num_layers + i for i in range(src.spec.num_mtp_layers)],
+              "shared_with_main": ["transformer.vocab_embedding.weight", "lm_head.weight"],
+              "forward": "h = final_layernorm(layer(eh_proj(cat(enorm(embed(token[t+1])), hnorm(h_t))))); "
+                         "draft logits = lm_head(h), h_t = the main model's final-normed hidden state"}
+    write_atomic(mtp_dir / "config.json", json.dumps(config, indent=2) + "\n")
+    return sum(plan.rank_bytes(r) for r in range(plan.mapping.world_size))
 
 
 # ---- output directory -------------------------------------------------------------------------------------

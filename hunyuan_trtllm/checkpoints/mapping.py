@@ -90,6 +90,8 @@ class Mapping:
                 )
             if spec.shared_intermediate_size % tp:
                 raise MappingError(f"--tp {tp} does not divide the shared expert width {spec.shared_intermediate_size}")
+            if spec.first_dense_layers and spec.intermediate_size % tp:
+                raise MappingError(f"--tp {tp} does not divide the dense layers' MLP width {spec.intermediate_size}")
         elif self.moe_ep != 1:
             raise MappingError("--ep applies to MoE models only; this model is dense")
         elif spec.intermediate_size % tp:

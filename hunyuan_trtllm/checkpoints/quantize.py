@@ -33,6 +33,13 @@ commit is not pinned — the facts below hold in every version read):
   turns the FP8 cache on (``KvCacheConfig(dtype="fp8")`` can also do it at load time:
   ``_torch/pyexecutor/model_loader.py`` ``validate_and_set_kv_cache_quant``).
 
+Hy3-FP8 (shared/reference/hy3.md §a.2) stores the same per-tensor static scales differently (``SCALE_LAYOUTS``):
+``weight_scale`` a BF16 scalar ``[]`` (this writer rounds the scale *up* to a bfloat16 value before quantizing,
+so the stored bytes times the stored scale are what was meant), ``input_scale`` F32 ``[1]``, and
+``quantization_config`` adds ``ignored_layers: [lm_head, model.embed_tokens]`` (and ``kv_cache_scheme: static``
+with KV scales); ``mlp.expert_bias`` stays F32, the router BF16. The MTP layer (whether Tencent quantizes it is
+unverified) is written unquantized: calibration does not run it.
+
 Tencent's FP8 release (shared/reference/hunyuan.md §7.1) has the same tensors (per-linear scalar
 ``weight_scale`` / ``input_scale``, per-expert input scales, router/norms/embeddings/lm_head unquantized) and
 config.json ``quantization_config {"quant_method": "fp8", "activation_scheme": "static"}``, but no
@@ -44,10 +51,12 @@ Tencent's release read config.json), ``"tencent"`` only the config.json part.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,14 +78,40 @@ from hunyuan_trtllm.checkpoints.safetensors_io import (
 )
 from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
 from hunyuan_trtllm.checkpoints.spec import ModelSpec
-from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, tensor_shapes
+from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, stored_dtype, tensor_shapes
 from hunyuan_trtllm.errors import UserError
 
 FORMATS = ("trtllm", "tencent")
 HF_QUANT_CONFIG = "hf_quant_config.json"
 INDEX = "model.safetensors.index.json"
 TENCENT_QUANTIZATION_CONFIG = {"quant_method": "fp8", "activation_scheme": "static"}
-EXCLUDE_MODULES = ["lm_head", "model.embed_tokens", "model.layers.*.mlp.gate", "model.layers.*.mlp.gate.wg"]
+EXCLUDE_MODULES = ["lm_head", "model.embed_tokens", "model.layers.*.mlp.gate", "model.layers.*.mlp.gate.wg",
+                   "model.layers.*.mlp.router.gate"]
+
+
+@dataclass(frozen=True)
+class ScaleLayout:
+    """How a release stores each linear's per-tensor scales, and its ``quantization_config``."""
+
+    weight_scale_dtype: torch.dtype
+    input_scale_shape: tuple[int, ...]
+    quantization_config: dict
+
+
+# Keyed by ModelSpec.is_hy3: Hunyuan-A13B-FP8 (float32 scalars) and Hy3-FP8.
+SCALE_LAYOUTS = {
+    False: ScaleLayout(torch.float32, (), TENCENT_QUANTIZATION_CONFIG),
+    True: ScaleLayout(torch.bfloat16, (1,), {**TENCENT_QUANTIZATION_CONFIG,
+                                            "ignored_layers": ["lm_head", "model.embed_tokens"]}),
+}
+
+
+def stored_weight_scale(scale: float, dtype: torch.dtype) -> float:
+    """The smallest value of ``dtype`` that is >= ``scale`` (a rounded-down scale would clip the tensor's amax)."""
+    stored = torch.tensor(scale, dtype=torch.float32).to(dtype)
+    if float(stored) < scale:
+        stored = torch.nextafter(stored, torch.tensor(math.inf, dtype=dtype))
+    return float(stored)
 _LINEAR = re.compile(r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(shared_mlp\.|experts\.\d+\.)?"
                      r"(gate|up|down)_proj)\.weight")
 _UNQUANTIZED_DTYPES = ("float32", "bfloat16", "float16")
@@ -131,12 +166,13 @@ def quantize_checkpoint(
         raise UserError(f"unknown FP8 checkpoint format '{format}'; choose one of {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
     files = _layout(source.spec, kv_cache_fp8, scales)
+    scale_layout = SCALE_LAYOUTS[source.spec.is_hy3]
     total = sum(entry.nbytes for entries in files.values() for entry in entries)
     check_new_output_dir(out_dir, total)
     with atomic_output_dir(out_dir, "quantize") as tmp:
         advance = progress(total, 0) if progress else None
         for file, entries in files.items():
-            _write_shard(tmp / file, entries, source, scales, advance)
+            _write_shard(tmp / file, entries, source, scales, scale_layout, advance)
         index = {"metadata": {"total_size": total},
                  "weight_map": {e.name: file for file, entries in files.items() for e in entries}}
         write_atomic(tmp / INDEX, json.dumps(index, indent=2) + "\n")
@@ -152,52 +188,57 @@ def _layout(spec: ModelSpec, kv_cache_fp8: bool, scales: Fp8Scales) -> dict[str,
     if spec.torch_dtype not in _UNQUANTIZED_DTYPES:
         raise UserError(f"config.json torch_dtype '{spec.torch_dtype}' is not one of {', '.join(_UNQUANTIZED_DTYPES)}")
     dtype = DTYPE_NAMES[spec.torch_dtype]
-    n = spec.num_layers
+    scale_layout = SCALE_LAYOUTS[spec.is_hy3]
+    n = spec.num_layers + spec.num_mtp_layers  # MTP layers in shards of their own
     shards: list[list[OutputEntry]] = [[] for _ in range(n)]
     for name, shape in tensor_shapes(spec).items():
         if name.startswith("model.layers."):
             shard = int(name.split(".")[2])
         else:
-            shard = 0 if name == "model.embed_tokens.weight" else n - 1
-        if is_fp8_linear(name):
+            shard = 0 if name == "model.embed_tokens.weight" else spec.num_layers - 1
+        if is_fp8_linear(name) and shard < spec.num_layers:  # MTP layers stay unquantized (not calibrated)
             base = name.removesuffix(".weight")
             shards[shard] += [OutputEntry(name, torch.float8_e4m3fn, shape),
-                              OutputEntry(base + ".weight_scale", torch.float32, ()),
-                              OutputEntry(base + ".input_scale", torch.float32, ())]
+                              OutputEntry(base + ".weight_scale", scale_layout.weight_scale_dtype, ()),
+                              OutputEntry(base + ".input_scale", torch.float32, scale_layout.input_scale_shape)]
         else:
-            shards[shard].append(OutputEntry(name, dtype, shape))
-    for layer in range(n) if kv_cache_fp8 else []:
+            shards[shard].append(OutputEntry(name, stored_dtype(name, dtype), shape))
+    for layer in range(spec.num_layers) if kv_cache_fp8 else []:
         if layer in scales.kv and spec.is_kv_producer(layer):
             shards[layer] += [OutputEntry(name, torch.float32, ()) for name in kv_scale_names(layer)]
     return {f"model-{i + 1:05d}-of-{n:05d}.safetensors": entries for i, entries in enumerate(shards)}
 
 
-def _tensor(entry: OutputEntry, source: SourceCheckpoint, scales: Fp8Scales) -> torch.Tensor:
+def _tensor(entry: OutputEntry, source: SourceCheckpoint, scales: Fp8Scales, layout: ScaleLayout) -> torch.Tensor:
     """One output tensor: a quantized weight, one of its scales, a KV-cache scale or an unquantized tensor."""
     name = entry.name
+
+    def weight_scale(weight: str) -> float:
+        return stored_weight_scale(check_scale(weight, scales.weight_scale(weight)), layout.weight_scale_dtype)
+
     if name.endswith((".k_scale", ".v_scale")):
         return torch.tensor(scales.kv[int(name.split(".")[2])], dtype=torch.float32)
     if name.endswith(".weight_scale"):
-        weight = name.removesuffix("_scale")
-        return torch.tensor(check_scale(name, scales.weight_scale(weight)), dtype=torch.float32)
+        return torch.tensor(weight_scale(name.removesuffix("_scale")), dtype=entry.dtype)
     if name.endswith(".input_scale"):
         weight = name.removesuffix(".input_scale") + ".weight"
-        return torch.tensor(check_scale(name, scales.activation_scale(weight)), dtype=torch.float32)
+        value = check_scale(name, scales.activation_scale(weight))
+        return torch.tensor(value, dtype=torch.float32).reshape(entry.shape)
     tensor = source.get(name)
     if entry.dtype != torch.float8_e4m3fn:
         return tensor.to(entry.dtype)
     if not bool(torch.isfinite(tensor).all()):
         raise UserError(f"{name}: NaN or Inf values; cannot quantize to FP8")
-    return quantize_e4m3(tensor, check_scale(name, scales.weight_scale(name)))
+    return quantize_e4m3(tensor, weight_scale(name))
 
 
 def _write_shard(path: Path, entries: list[OutputEntry], source: SourceCheckpoint, scales: Fp8Scales,
-                 advance: Callable[[int], None] | None) -> None:
+                 scale_layout: ScaleLayout, advance: Callable[[int], None] | None) -> None:
     layout = plan_file(entries)
     fd = os.open(create_partial(path, layout), os.O_WRONLY)
     try:
         for entry in entries:
-            written = pwrite_tensor(fd, layout.offset(entry.name), _tensor(entry, source, scales))
+            written = pwrite_tensor(fd, layout.offset(entry.name), _tensor(entry, source, scales, scale_layout))
             if advance:
                 advance(written)
     finally:
@@ -212,7 +253,10 @@ def _write_configs(folder: Path, source: SourceCheckpoint, kv_cache_fp8: bool, f
     for file in sorted(source.path.iterdir()):
         if file.is_file() and file.name not in skip and not file.name.startswith(".") and file.suffix != ".safetensors":
             shutil.copy2(file, folder / file.name)
-    config = {**source.config, "quantization_config": dict(TENCENT_QUANTIZATION_CONFIG)}
+    quantization = dict(SCALE_LAYOUTS[source.spec.is_hy3].quantization_config)
+    if source.spec.is_hy3 and kv_cache_fp8:
+        quantization["kv_cache_scheme"] = "static"
+    config = {**source.config, "quantization_config": quantization}
     write_atomic(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     if format == "trtllm":
         write_atomic(folder / HF_QUANT_CONFIG, json.dumps(hf_quant_config(kv_cache_fp8), indent=2) + "\n")

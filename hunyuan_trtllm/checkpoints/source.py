@@ -8,7 +8,9 @@ checkpoints store them in one of several physical layouts (design note 8), descr
   (``[n_kv, n_q/n_kv + 2, head_dim, hidden]``: group g's q heads, then k_g, then v_g);
 - a fused ``*.gate_and_up_proj.weight`` = ``cat(up, gate)`` (up half first, as vLLM and mlx-lm load it);
 - transformers-5 fused experts ``mlp.experts.gate_up_proj [E, 2I, H]`` (gate first) and
-  ``mlp.experts.down_proj [E, H, I]``.
+  ``mlp.experts.down_proj [E, H, I]``;
+- Hy3 saved by transformers (``_ALIASES``): ``mlp.gate.weight`` for Tencent's ``mlp.router.gate.weight``,
+  ``mlp.e_score_correction_bias`` for ``mlp.expert_bias``, ``mlp.shared_experts.*`` for ``mlp.shared_mlp.*``.
 
 :meth:`SourceCheckpoint.read` resolves a logical row/column range to the physical slices that hold it and reads
 only those bytes (``pread`` of the rows it needs; columns are cut from those rows).
@@ -293,10 +295,28 @@ def _fused_experts(src: SourceCheckpoint, read: Read) -> list[PhysicalRead] | No
     return [PhysicalRead(fused, (expert,), (start + offset, stop + offset), read.cols)]
 
 
+# Logical (Tencent) name pattern -> the name transformers' hy_v3 class saves the same tensor under.
+_ALIASES = (
+    (re.compile(r"(.*\.mlp\.)router\.gate\.weight"), r"\1gate.weight"),
+    (re.compile(r"(.*\.mlp\.)expert_bias"), r"\1e_score_correction_bias"),
+    (re.compile(r"(.*\.mlp\.)shared_mlp\.(.*)"), r"\1shared_experts.\2"),
+)
+
+
+def _aliased(src: SourceCheckpoint, read: Read) -> list[PhysicalRead] | None:
+    """A tensor stored under transformers' hy_v3 name instead of Tencent's."""
+    for pattern, replacement in _ALIASES:
+        stored = pattern.sub(replacement, read.name) if pattern.fullmatch(read.name) else None
+        if stored is not None and stored in src.tensors:
+            return [PhysicalRead(stored, (), read.rows, read.cols)]
+    return None
+
+
 _FUSED_RULES: list[Callable[[SourceCheckpoint, Read], list[PhysicalRead] | None]] = [
     _fused_qkv,
     _fused_gate_up,
     _fused_experts,
+    _aliased,
 ]
 
 
@@ -334,9 +354,10 @@ def _reconcile(spec: ModelSpec, src: SourceCheckpoint) -> ModelSpec:
             changes[field] = actual
 
     check("head_dim", "model.layers.0.self_attn.q_proj.weight", 0, spec.num_heads)
-    if spec.is_moe:
-        check("expert_intermediate_size", "model.layers.0.mlp.experts.0.gate_proj.weight", 0)
-        check("shared_intermediate_size", "model.layers.0.mlp.shared_mlp.gate_proj.weight", 0)
+    if spec.is_moe and spec.first_dense_layers < spec.num_layers:
+        moe = f"model.layers.{spec.first_dense_layers}.mlp."
+        check("expert_intermediate_size", moe + "experts.0.gate_proj.weight", 0)
+        check("shared_intermediate_size", moe + "shared_mlp.gate_proj.weight", 0)
     tie = spec.tie_word_embeddings
     if not tie and not src.has("lm_head.weight"):
         notes.append("config says tie_word_embeddings=false but there is no lm_head.weight; using the embedding")

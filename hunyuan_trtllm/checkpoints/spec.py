@@ -5,6 +5,7 @@ Dialects handled:
   per-layer lists ``moe_topk`` / ``num_shared_expert`` / ``moe_intermediate_size``, ``use_qk_norm``,
   ``use_cla`` / ``cla_share_factor``, ``use_mixed_mlp_moe``.
 - transformers' (``hunyuan_v1_moe``, ``hunyuan_v1_dense``): ``head_dim``, ``rope_parameters``.
+- Hy3 (``hy_v3``, ``HYV3ForCausalLM``), Tencent's and transformers': parsed by :mod:`.spec_hy3`.
 
 The spec is what the config *says*; :func:`hunyuan_trtllm.checkpoints.source.open_source` reconciles it with the
 tensor shapes on disk (which win when the two disagree, see design note 5).
@@ -25,10 +26,11 @@ from hunyuan_trtllm.errors import ConfigError
 MOE_V1 = "HunYuanMoEV1ForCausalLM"  # Hunyuan-A13B
 LARGE = "HunYuanForCausalLM"  # Hunyuan-Large (A52B): CLA, top-1
 DENSE_V1 = "HunYuanDenseV1ForCausalLM"  # Hunyuan dense 0.5B..7B
-SUPPORTED_ARCHITECTURES = (MOE_V1, LARGE, DENSE_V1)
+HYV3 = "HYV3ForCausalLM"  # Hy3 / Hy3-preview: sigmoid routing with an expert bias, dense layer 0, MTP layer
+SUPPORTED_ARCHITECTURES = (MOE_V1, LARGE, DENSE_V1, HYV3)
 
-_ARCH_BY_MODEL_TYPE = {"hunyuan_v1_moe": MOE_V1, "hunyuan_v1_dense": DENSE_V1}
-_MODEL_TYPES = ("hunyuan", "hunyuan_v1_moe", "hunyuan_v1_dense")
+_ARCH_BY_MODEL_TYPE = {"hunyuan_v1_moe": MOE_V1, "hunyuan_v1_dense": DENSE_V1, "hy_v3": HYV3}
+_MODEL_TYPES = ("hunyuan", "hunyuan_v1_moe", "hunyuan_v1_dense", "hy_v3")
 
 
 class NormalizationMode(IntEnum):
@@ -64,12 +66,29 @@ class ModelSpec:
     torch_dtype: str
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    # Hy3 (HYV3ForCausalLM); the defaults describe every older Hunyuan model.
+    first_dense_layers: int = 0  # layers 0..n-1 have a dense MLP of intermediate_size (first_k_dense_replace)
+    router_scoring: str = "softmax"  # "sigmoid": Hy3's per-expert sigmoid scores
+    expert_bias: bool = False  # a float32 per-expert bias added to the scores for top-k selection only
+    route_norm: bool = True  # chosen weights renormalised to sum to 1 (top_k > 1)
+    routed_scaling_factor: float = 1.0  # routed weights multiplied by this after renormalisation
+    qk_norm_before_rope: bool = False  # Hy3 normalises q/k per head *before* RoPE (older Hunyuan: after)
+    lm_head_fp32: bool = False  # enable_lm_head_fp32: the head is computed (and stored) in float32
+    num_mtp_layers: int = 0  # num_nextn_predict_layers, stored as model.layers.{num_layers + i}
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     # ---- derived quantities -------------------------------------------------------------------------------
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 1
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether decoder layer ``layer`` has routed experts (Hy3's first ``first_dense_layers`` are dense)."""
+        return self.is_moe and layer >= self.first_dense_layers
+
+    @property
+    def is_hy3(self) -> bool:
+        return self.architecture == HYV3
 
     @property
     def uses_cla(self) -> bool:
@@ -84,7 +103,7 @@ class ModelSpec:
     @property
     def normalization_mode(self) -> NormalizationMode:
         """Top-k > 1 renormalises the chosen weights; Hunyuan-Large's top-1 keeps the softmax probability."""
-        return NormalizationMode.RENORMALIZE if self.top_k > 1 else NormalizationMode.NONE
+        return NormalizationMode.RENORMALIZE if self.top_k > 1 and self.route_norm else NormalizationMode.NONE
 
     def kv_source_layer(self, layer: int) -> int:
         """The layer whose K/V cache ``layer`` attends over (itself, or its CLA producer)."""
@@ -132,6 +151,10 @@ def load_config(path: Path) -> dict[str, Any]:
 def parse_spec(cfg: dict[str, Any], where: str = "config.json") -> ModelSpec:
     """Parse a Hunyuan config (any dialect) into a :class:`ModelSpec`."""
     architecture = _architecture(cfg, where)
+    if architecture == HYV3:
+        from hunyuan_trtllm.checkpoints.spec_hy3 import parse_hy3_spec
+
+        return parse_hy3_spec(cfg, where)
 
     def need(key: str) -> Any:
         if cfg.get(key) is None:

@@ -7,6 +7,14 @@ Hunyuan-specific facts are written explicitly rather than left to defaults:
 - ``moe.normalization_mode``: RENORMALIZE (1) for top-k > 1, NONE (0) for Hunyuan-Large's top-1;
 - CLA: ``num_kv_heads_per_layer`` (0 for layers that own no KV cache, as DeciLM marks them) and
   ``cla_kv_source_layer`` (the global layer whose KV cache each layer reads).
+- routing, exactly (``hunyuan.routing``; ``moe`` holds only TensorRT-LLM's ``MoeConfig`` fields): ``scoring`` softmax (older Hunyuan) or sigmoid (Hy3); ``expert_bias``
+  ``selection_only`` (Hy3: ``layers.{l}.mlp.expert_bias`` is added to the scores for top-k only, the weights are
+  the unbiased scores) or ``none``; ``renormalize`` (weights / (sum + ``renormalize_epsilon``)); and
+  ``routed_scaling_factor`` (weights x factor after renormalising; Hy3: 2.826). No stock TensorRT-LLM
+  normalization mode computes sigmoid scores, so ``normalization_mode`` alone does not describe Hy3;
+- per-layer MLP kind ``hunyuan.mlp_layer_types`` (``dense`` layers use ``hunyuan.dense_intermediate_size``),
+  QK-norm position ``hunyuan.qk_norm_position`` (Hy3: ``before_rope``), ``hunyuan.lm_head_dtype`` and, when an MTP
+  layer exists, ``hunyuan.mtp`` (whether the draft part was written, and where).
 """
 
 from __future__ import annotations
@@ -22,8 +30,22 @@ from hunyuan_trtllm.checkpoints.spec import ModelSpec
 DTYPE_STRINGS = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
+MTP_DIR = "mtp"  # the MTP draft part's folder inside a converted checkpoint (convert --mtp keep)
+
+
+def routing(spec: ModelSpec) -> dict[str, Any]:
+    """How the router's output becomes expert choices and weights (see the module docstring)."""
+    return {
+        "scoring": spec.router_scoring,
+        "expert_bias": "selection_only" if spec.expert_bias else "none",
+        "renormalize": spec.normalization_mode == 1,
+        "renormalize_epsilon": 1e-20 if spec.is_hy3 else 0.0,
+        "routed_scaling_factor": spec.routed_scaling_factor,
+    }
+
+
 def trtllm_config(spec: ModelSpec, mapping: Mapping, dtype: torch.dtype,
-                  quantization: dict[str, Any] | None = None) -> dict[str, Any]:
+                  quantization: dict[str, Any] | None = None, mtp_kept: bool = False) -> dict[str, Any]:
     """Build config.json for a converted checkpoint (``quantization``: see :mod:`hunyuan_trtllm.checkpoints.fp8`)."""
     layers = range(spec.num_layers)
     config: dict[str, Any] = {
@@ -70,11 +92,19 @@ def trtllm_config(spec: ModelSpec, mapping: Mapping, dtype: torch.dtype,
         "hunyuan": {
             "rope_theta": spec.rope_theta,
             "rope_alpha": spec.rope_alpha,
-            "qk_norm_after_rope": True,
+            "routing": routing(spec) if spec.is_moe else None,
+            "qk_norm_after_rope": not spec.qk_norm_before_rope,
+            "qk_norm_position": "before_rope" if spec.qk_norm_before_rope else "after_rope",
+            "mlp_layer_types": ["moe" if spec.is_moe_layer(i) else "dense" for i in layers],
+            "dense_intermediate_size": spec.intermediate_size,
+            "lm_head_dtype": "float32" if spec.lm_head_fp32 else DTYPE_STRINGS[dtype],
             "cla_query_norm_folded": spec.uses_cla and spec.use_qk_norm,
             "eos_token_ids": list(spec.eos_token_ids),
             "pad_token_id": spec.pad_token_id,
             "converter": f"hunyuan-trtllm {__version__}",
         },
     }
+    if spec.num_mtp_layers:
+        config["hunyuan"]["mtp"] = {"num_layers": spec.num_mtp_layers, "kept": mtp_kept,
+                                    "path": MTP_DIR if mtp_kept else None}
     return config

@@ -25,6 +25,14 @@ layers.{l}.mlp.fc / .gate / .proj (dense)   gate_proj rows / up_proj rows / down
 transformer.ln_f.weight                     model.norm, last PP stage
 lm_head.weight [V_pad/tp, H]                lm_head (or the tied embedding) rows by tp, zero-padded
 ==========================================  ===========================================================
+
+Hy3 (``HYV3ForCausalLM``) differs only in rows of the same tables: ``self_attn.q_norm``/``k_norm`` for the QK
+norms, ``mlp.router.gate.weight`` for the router, a float32 ``layers.{l}.mlp.expert_bias [E]`` (selection only,
+replicated), dense-MLP rows on layers ``< first_k_dense_replace`` and MoE rows after, and a float32 ``lm_head``
+when the config asks for it (``enable_lm_head_fp32``). transformers' saved names for the same tensors are
+resolved by the source (:mod:`.source`), not here. The MTP layer ``model.layers.{num_layers}`` is not part of the
+main plan; :meth:`WeightPlan.build_mtp` plans it as a separate draft part (``MTP_RULES`` + the decoder-layer rows,
+named ``mtp.layers.{i}.*``; see convert.py).
 """
 
 from __future__ import annotations
@@ -109,8 +117,12 @@ LAYER_RULES: tuple[Rule, ...] = (
         when="qk_norm_consumer",
     ),
     Rule("attention.k_layernorm.weight", (_L + "self_attn.key_layernorm.weight",), "replicate", "qk_norm_producer"),
+    Rule("attention.q_layernorm.weight", (_L + "self_attn.q_norm.weight",), "replicate", when="hy3_qk_norm"),
+    Rule("attention.k_layernorm.weight", (_L + "self_attn.k_norm.weight",), "replicate", when="hy3_qk_norm"),
     Rule("post_layernorm.weight", (_L + "post_attention_layernorm.weight",), "replicate"),
-    Rule("mlp.router.weight", (_L + "mlp.gate.wg.weight",), "replicate_fp32", when="moe"),
+    Rule("mlp.router.weight", (_L + "mlp.gate.wg.weight",), "replicate_fp32", when="moe_v1"),
+    Rule("mlp.router.weight", (_L + "mlp.router.gate.weight",), "replicate_fp32", when="moe_hy3"),
+    Rule("mlp.expert_bias", (_L + "mlp.expert_bias",), "replicate_fp32", when="expert_bias"),
     Rule(
         "mlp.fc.weight",
         (_L + "mlp.experts.{e}.up_proj.weight", _L + "mlp.experts.{e}.gate_proj.weight"),
@@ -133,7 +145,15 @@ FIRST_STAGE_RULES = (Rule("transformer.vocab_embedding.weight", ("model.embed_to
 LAST_STAGE_RULES = (
     Rule("transformer.ln_f.weight", ("model.norm.weight",), "replicate"),
     Rule("lm_head.weight", ("lm_head.weight",), "vocab_rows", when="untied"),
+    Rule("lm_head.weight", ("lm_head.weight",), "vocab_rows_fp32", when="untied_fp32"),
     Rule("lm_head.weight", ("model.embed_tokens.weight",), "vocab_rows", when="tied"),
+)
+# The extra tensors of an MTP (next-token prediction) layer, besides its decoder-layer rows (LAYER_RULES).
+MTP_RULES = (
+    Rule("enorm.weight", (_L + "enorm.weight",), "replicate"),
+    Rule("hnorm.weight", (_L + "hnorm.weight",), "replicate"),
+    Rule("eh_proj.weight", (_L + "eh_proj.weight",), "replicate"),
+    Rule("final_layernorm.weight", (_L + "final_layernorm.weight",), "replicate"),
 )
 
 
@@ -148,8 +168,11 @@ def hf_shape(spec: ModelSpec, name: str) -> tuple[int, ...]:
         r".*self_attn\.q_proj\.weight": (q, h),
         r".*self_attn\.[kv]_proj\.weight": (kv, h),
         r".*self_attn\.o_proj\.weight": (h, q),
-        r".*self_attn\.(query|key)_layernorm\.weight": (d,),
-        r".*mlp\.gate\.wg\.weight": (spec.num_experts, h),
+        r".*self_attn\.(query|key)_layernorm\.weight|.*self_attn\.[qk]_norm\.weight": (d,),
+        r".*mlp\.gate\.wg\.weight|.*mlp\.router\.gate\.weight": (spec.num_experts, h),
+        r".*mlp\.expert_bias": (spec.num_experts,),
+        r".*\.(enorm|hnorm|final_layernorm)\.weight": (h,),
+        r".*\.eh_proj\.weight": (h, 2 * h),
         r".*mlp\.experts\.\d+\.(gate|up)_proj\.weight": (i_e, h),
         r".*mlp\.experts\.\d+\.down_proj\.weight": (h, i_e),
         r".*mlp\.shared_mlp\.(gate|up)_proj\.weight": (i_s, h),
@@ -249,6 +272,7 @@ SHARD_RULES: dict[str, Callable[[_Ctx, tuple[str, ...]], dict]] = {
     "experts_cols": _experts_cols,
     CLA_QUERY_NORM: _cla_query_norm,
     "vocab_rows": _vocab_rows,
+    "vocab_rows_fp32": _vocab_rows,
 }
 
 
@@ -258,13 +282,18 @@ def _applies(when: str, spec: ModelSpec, layer: int) -> bool:
         "always": True,
         "kv_producer": producer,
         "kv_consumer": not producer,
-        "qk_norm_producer": spec.use_qk_norm and producer,
+        "qk_norm_producer": spec.use_qk_norm and producer and not spec.is_hy3,
         "qk_norm_consumer": spec.use_qk_norm and not producer,
-        "moe": spec.is_moe,
-        "shared_expert": spec.is_moe and spec.shared_intermediate_size > 0,
-        "dense": not spec.is_moe,
+        "hy3_qk_norm": spec.use_qk_norm and spec.is_hy3,
+        "moe": spec.is_moe_layer(layer),
+        "moe_v1": spec.is_moe_layer(layer) and not spec.is_hy3,
+        "moe_hy3": spec.is_moe_layer(layer) and spec.is_hy3,
+        "expert_bias": spec.is_moe_layer(layer) and spec.expert_bias,
+        "shared_expert": spec.is_moe_layer(layer) and spec.shared_intermediate_size > 0,
+        "dense": not spec.is_moe_layer(layer),
         "tied": spec.tie_word_embeddings,
-        "untied": not spec.tie_word_embeddings,
+        "untied": not spec.tie_word_embeddings and not spec.lm_head_fp32,
+        "untied_fp32": not spec.tie_word_embeddings and spec.lm_head_fp32,
     }[when]
 
 
@@ -286,6 +315,21 @@ class WeightPlan:
         ranks = tuple(tuple(_rank_tensors(spec, mapping, mapping.coords(r), dtype)) if r in wanted else ()
                       for r in range(mapping.world_size))
         return cls(spec, mapping, dtype, ranks)
+
+    @classmethod
+    def build_mtp(cls, spec: ModelSpec, mapping: Mapping, dtype: torch.dtype) -> WeightPlan:
+        """The MTP draft part: per TP rank (pp 1), each MTP layer's decoder-layer rows and ``MTP_RULES`` as
+        ``mtp.layers.{i}.*``, sharded like the main checkpoint's layers (embedding and lm_head are the main's)."""
+        mapping.validate(spec)
+        mtp = Mapping(tp=mapping.tp, pp=1, moe_ep=mapping.moe_ep, gpus_per_node=mapping.gpus_per_node)
+        ranks = []
+        for rank in range(mtp.world_size):
+            at, tensors = mtp.coords(rank), []
+            for index in range(spec.num_mtp_layers):
+                layer = spec.num_layers + index
+                tensors += _layer_tensors(spec, mtp, at, dtype, layer, f"mtp.layers.{index}.", LAYER_RULES + MTP_RULES)
+            ranks.append(tuple(tensors))
+        return cls(spec, mtp, dtype, tuple(ranks))
 
     def rank_bytes(self, rank: int) -> int:
         return sum(t.nbytes for t in self.ranks[rank])
@@ -311,6 +355,21 @@ class WeightPlan:
         return hashlib.sha256(blob).hexdigest()
 
 
+def _layer_tensors(spec: ModelSpec, mapping: Mapping, at: RankCoords, dtype: torch.dtype, layer: int, prefix: str,
+                   rules: tuple[Rule, ...]) -> list[TensorPlan]:
+    """The tensors ``rules`` make of decoder layer ``layer`` (global index), named ``prefix + rule.trt``."""
+    fmt = {"layer": layer, "kv_layer": spec.kv_source_layer(layer)}
+    ctx = _Ctx(spec, mapping, at, layer)
+    tensors = []
+    for rule in rules:
+        if _applies(rule.when, spec, layer):
+            names = tuple(n.replace("{e}", "{{e}}").format(**fmt) for n in rule.hf)
+            out_dtype = torch.float32 if rule.shard.endswith("_fp32") else dtype
+            tensors.append(TensorPlan(name=prefix + rule.trt, dtype=out_dtype, rule=rule.shard,
+                                      **SHARD_RULES[rule.shard](ctx, names)))
+    return tensors
+
+
 def _rank_tensors(spec: ModelSpec, mapping: Mapping, at: RankCoords, dtype: torch.dtype) -> list[TensorPlan]:
     layers = mapping.pp_layers(spec.num_layers, at.pp_rank)
     tensors: list[TensorPlan] = []
@@ -320,16 +379,14 @@ def _rank_tensors(spec: ModelSpec, mapping: Mapping, at: RankCoords, dtype: torc
             return
         names = tuple(n.replace("{e}", "{{e}}").format(**fmt) for n in rule.hf)
         fields = SHARD_RULES[rule.shard](ctx, names)
-        out_dtype = torch.float32 if rule.shard == "replicate_fp32" else dtype
+        out_dtype = torch.float32 if rule.shard.endswith("_fp32") else dtype
         tensors.append(TensorPlan(name=name, dtype=out_dtype, rule=rule.shard, **fields))
 
     if at.pp_rank == 0:
         for rule in FIRST_STAGE_RULES:
             emit(rule, rule.trt, _Ctx(spec, mapping, at), {})
     for local, layer in enumerate(layers):
-        fmt = {"layer": layer, "kv_layer": spec.kv_source_layer(layer)}
-        for rule in LAYER_RULES:
-            emit(rule, f"transformer.layers.{local}.{rule.trt}", _Ctx(spec, mapping, at, layer), fmt)
+        tensors += _layer_tensors(spec, mapping, at, dtype, layer, f"transformer.layers.{local}.", LAYER_RULES)
     if at.pp_rank == mapping.pp - 1:
         for rule in LAST_STAGE_RULES:
             emit(rule, rule.trt, _Ctx(spec, mapping, at), {})
@@ -394,10 +451,29 @@ def parameter_counts(spec: ModelSpec) -> tuple[int, int]:
     return total, active
 
 
+FLOAT32_TENSORS = (".expert_bias",)  # stored in float32 in every release (Hy3's selection bias)
+
+
+def stored_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a tensor is stored in: ``dtype``, except float32 for ``FLOAT32_TENSORS``."""
+    return torch.float32 if name.endswith(FLOAT32_TENSORS) else dtype
+
+
 def tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Every tensor of the model in Tencent's separate layout (q/k/v, gate/up), sorted by name.
 
-    Taken from the weight plan (the tensors a tp=1 conversion reads), so synth and convert cannot disagree.
+    Taken from the weight plan (the tensors a tp=1 conversion reads, and the MTP part's), so synth and convert
+    cannot disagree.
     """
-    plan = WeightPlan.build(spec, Mapping(), torch.float32)
-    return dict(sorted((name, hf_shape(spec, name)) for name in plan.hf_tensors()))
+    names = WeightPlan.build(spec, Mapping(), torch.float32).hf_tensors()
+    if spec.num_mtp_layers:
+        names += WeightPlan.build_mtp(spec, Mapping(), torch.float32).hf_tensors()
+    return dict(sorted((name, hf_shape(spec, name)) for name in names))
+
+
+def mtp_parameter_count(spec: ModelSpec) -> int:
+    """Parameters of the MTP layer(s) (not counted by :func:`parameter_counts`; embedding and lm_head shared)."""
+    if not spec.num_mtp_layers:
+        return 0
+    plan = WeightPlan.build_mtp(spec, Mapping(), torch.bfloat16)
+    return sum(math.prod(hf_shape(spec, name)) for name in plan.hf_tensors())

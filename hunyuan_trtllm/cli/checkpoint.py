@@ -30,15 +30,18 @@ def inspect(model: str, as_json: bool) -> None:
       hunyuan-trtllm inspect tencent/Hunyuan-A13B-Instruct --json
     """
     from hunyuan_trtllm.checkpoints.source import load_spec
-    from hunyuan_trtllm.checkpoints.weight_plan import parameter_counts
+    from hunyuan_trtllm.checkpoints.trtllm_config import routing
+    from hunyuan_trtllm.checkpoints.weight_plan import mtp_parameter_count, parameter_counts
 
     path, spec = load_spec(model)
     total, active = parameter_counts(spec)
+    mtp = mtp_parameter_count(spec)
     kv = {"bfloat16": spec.kv_bytes_per_token(2), "fp8": spec.kv_bytes_per_token(1)}
     if as_json:
         print_json({"model": str(path), "spec": spec.to_dict(), "rotary_base": spec.rotary_base,
-                    "params_total": total, "params_active": active, "kv_bytes_per_token": kv,
-                    "normalization_mode": spec.normalization_mode.name if spec.is_moe else None})
+                    "params_total": total, "params_active": active, "params_mtp": mtp, "kv_bytes_per_token": kv,
+                    "normalization_mode": spec.normalization_mode.name if spec.is_moe else None,
+                    "routing": routing(spec) if spec.is_moe else None})
         return
     rows = [
         ("architecture", spec.architecture),
@@ -46,22 +49,37 @@ def inspect(model: str, as_json: bool) -> None:
         ("attention heads / KV heads / head dim", f"{spec.num_heads} / {spec.num_kv_heads} / {spec.head_dim}"),
         ("parameters total / active", f"{total / 1e9:.2f}B / {active / 1e9:.2f}B ({total:,} / {active:,})"),
     ]
+    if mtp:
+        rows.append(("MTP layers (not in total)", f"{spec.num_mtp_layers}: {mtp / 1e9:.2f}B ({mtp:,}); convert "
+                                                  "leaves them out unless --mtp keep"))
     if spec.is_moe:
         rows += [
-            ("experts / top-k / routing", f"{spec.num_experts} / {spec.top_k} / {spec.normalization_mode.name}"),
+            ("experts / top-k / routing", f"{spec.num_experts} / {spec.top_k} / {_routing_text(spec)}"),
             ("expert / shared expert width", f"{spec.expert_intermediate_size} / {spec.shared_intermediate_size}"),
         ]
+        if spec.first_dense_layers:
+            rows.append(("dense layers", f"0..{spec.first_dense_layers - 1} (MLP width {spec.intermediate_size})"))
     else:
         rows.append(("MLP width", spec.intermediate_size))
     rows += [
         ("cross-layer attention", f"factor {spec.cla_share_factor}" if spec.uses_cla else "no"),
         ("KV cache per token (bf16 / fp8)", f"{kv['bfloat16'] / 1024:g} KiB / {kv['fp8'] / 1024:g} KiB"),
         ("RoPE", f"theta {spec.rope_theta:g}, alpha {spec.rope_alpha:g} -> base {spec.rotary_base:.6g}"),
+        ("QK norm", ("before" if spec.qk_norm_before_rope else "after") + " RoPE" if spec.use_qk_norm else "no"),
         ("vocab / tied embeddings", f"{spec.vocab_size} / {spec.tie_word_embeddings}"),
-        ("stored dtype", spec.torch_dtype),
+        ("stored dtype", spec.torch_dtype + (" (lm_head computed in float32)" if spec.lm_head_fp32 else "")),
     ]
     rows += [("note", note) for note in spec.notes]
     print_table(str(path), rows)
+
+
+def _routing_text(spec) -> str:
+    """``RENORMALIZE``, or Hy3's ``sigmoid + expert bias (selection only), renormalized, x 2.826``."""
+    if spec.router_scoring == "softmax":
+        return spec.normalization_mode.name
+    bias = " + expert bias (selection only)" if spec.expert_bias else ""
+    norm = ", renormalized" if spec.route_norm else ""
+    return f"{spec.router_scoring}{bias}{norm}, x {spec.routed_scaling_factor:g}"
 
 
 @cli.command()
@@ -76,6 +94,8 @@ def inspect(model: str, as_json: bool) -> None:
 @calibration_options
 @click.option("--save-scales", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="With --dtype fp8: also write the FP8 scales used (JSON) for later runs (--scales).")
+@click.option("--mtp", default="drop", show_default=True, type=click.Choice(["drop", "keep"]),
+              help="Hy3's MTP layer: leave it out, or write it as a draft part in OUTPUT/mtp.")
 @click.option("--workers", default=1, show_default=True, help="Worker processes.")
 @click.option("--ranks", default=None, help="Convert only these ranks, e.g. 0-3 (split a conversion over machines).")
 @click.option("--overwrite", is_flag=True, help="Replace whatever the output directory holds.")
@@ -83,8 +103,8 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv_cache_dtype: str,
             calib_data: Path | None, calib_builtin: bool, calib_samples: int, calib_seq_len: int, calib_device: str,
-            scales_file: Path | None, save_scales: Path | None, workers: int, ranks: str | None, overwrite: bool,
-            quiet: bool, as_json: bool) -> None:
+            scales_file: Path | None, save_scales: Path | None, mtp: str, workers: int, ranks: str | None,
+            overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Convert MODEL to a TensorRT-LLM checkpoint (config.json + rank{N}.safetensors).
 
     Reads only the slices each rank needs, writes every rank file atomically, and resumes an interrupted
@@ -99,6 +119,8 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv
       hunyuan-trtllm convert ./Hunyuan-A13B-Instruct-FP8 -o ckpt --tp 4 --ep 4 --dtype fp8   # scales from the source
       hunyuan-trtllm convert ./Hunyuan-A13B-Instruct -o ckpt --tp 4 --ep 4 --dtype fp8 --kv-cache-dtype fp8 \\
           --calib-builtin --calib-samples 128
+      hunyuan-trtllm convert tencent/Hy3 -o hy3-tp8 --tp 8 --ep 8 --mtp keep   # Hy3 + its MTP draft part
+      hunyuan-trtllm convert tencent/Hy3-FP8 -o hy3-fp8-tp4 --tp 4 --ep 4 --dtype fp8   # no calibration
     """
     from hunyuan_trtllm.checkpoints.convert import convert as run_convert
     from hunyuan_trtllm.checkpoints.mapping import Mapping, parse_ranks
@@ -119,7 +141,7 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv
         with progress or contextlib.nullcontext():
             result = run_convert(model, out_dir, mapping, dtype=dtype, workers=workers,
                                  ranks=parse_ranks(ranks, mapping.world_size), overwrite=overwrite, progress=start,
-                                 scales=scales, kv_cache_fp8=kv_cache_dtype == "fp8")
+                                 scales=scales, kv_cache_fp8=kv_cache_dtype == "fp8", mtp=mtp)
     except KeyboardInterrupt:
         console.print("finished rank files are kept, partial ones are not; run the same command to resume")
         raise
@@ -197,7 +219,7 @@ def print_verify_table(report) -> None:
 
 
 @cli.command()
-@click.option("--arch", required=True, type=click.Choice(["a13b", "large", "dense"]), help="Architecture.")
+@click.option("--arch", required=True, type=click.Choice(["a13b", "large", "dense", "hy3"]), help="Architecture.")
 @click.option("--preset", default="tiny", show_default=True, type=click.Choice(["tiny", "full-width"]),
               help="tiny: for tests and demos; full-width: real widths, few layers, for benchmarks.")
 @click.option("--layers", type=int, default=None, help="Override the number of layers.")
@@ -205,8 +227,9 @@ def print_verify_table(report) -> None:
 @click.option("--dtype", default=None, type=click.Choice(["bfloat16", "float16", "float32"]),
               help="Stored dtype (default: float32 tiny, bfloat16 full-width).")
 @click.option("--fused", is_flag=True, help="Store the older fused qkv_proj / gate_and_up_proj layout.")
+@click.option("--fp8", is_flag=True, help="Tencent's per-tensor static FP8 release format (Hy3-FP8's for hy3).")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
-def synth(arch: str, preset: str, layers: int | None, seed: int, dtype: str | None, fused: bool,
+def synth(arch: str, preset: str, layers: int | None, seed: int, dtype: str | None, fused: bool, fp8: bool,
           out_dir: Path) -> None:
     """Write a random checkpoint in Tencent's exact format (config, safetensors, hy.tiktoken tokenizer).
 
@@ -214,9 +237,19 @@ def synth(arch: str, preset: str, layers: int | None, seed: int, dtype: str | No
     Examples:
       hunyuan-trtllm synth --arch a13b -o tiny-a13b
       hunyuan-trtllm synth --arch large --preset full-width --layers 2 -o large-2l
+      hunyuan-trtllm synth --arch hy3 -o tiny-hy3                  # with its MTP layer, float32 expert bias
+      hunyuan-trtllm synth --arch hy3 --fp8 -o tiny-hy3-fp8        # Tencent's Hy3-FP8 format
     """
     from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
 
+    if fp8:
+        from hunyuan_trtllm.synth.fp8 import synth_fp8_checkpoint
+
+        if fused or dtype:
+            raise UserError("--fp8 writes e4m3 linears and bfloat16 elsewhere: no --fused or --dtype")
+        synth_fp8_checkpoint(out_dir, arch, seed=seed, preset=preset, layers=layers)
+        console.print(f"wrote an FP8 {arch} ({preset}) in Tencent's FP8 release format to {out_dir}")
+        return
     spec = synth_checkpoint(out_dir, arch, preset=preset, layers=layers, seed=seed, dtype=dtype, fused=fused,
                             progress=True)
     console.print(f"wrote {spec.architecture} ({spec.num_layers} layers, hidden {spec.hidden_size}) to {out_dir}")

@@ -108,7 +108,7 @@ def _calibrate_layer(
         hidden[i] = decoder_layer(spec, get, layer, hidden[i], state, linear=record_linear, kv_hook=record_kv)
 
     observed = {name: amax.item() for name, amax in input_amax.items()}
-    if spec.is_moe:
+    if spec.is_moe_layer(layer):
         _fill_unreached_experts(spec.num_experts, layer, observed)
     for name in linears:
         scales.activation[name] = check_scale(f"{name} (input activations)", scale_from_amax(observed[name]))

@@ -7,12 +7,16 @@ weights, so differences against a reference measure the checkpoint, not the arit
 
 Semantics, in the order they happen in one decoder layer:
 - attention: ``qkv`` GEMM -> split q | k | v per rank -> RoPE (NeoX pairing, ``rotary_base``) -> per-head
-  RMSNorm of q and k (QK-norm *after* RoPE) -> causal GQA attention over the KV cache -> ``dense`` (row-parallel,
-  summed over ranks). CLA consumer layers have a Q-only projection and attend over their producer's cache;
-- MoE: router in float32 on the full hidden state; ``RENORMALIZE``: softmax over the top-k logits, ``NONE``:
-  top-k of the softmax; experts ``fc`` -> ``swiglu`` (``x, gate = chunk(fc(h), 2); silu(gate) * x``) -> ``proj``;
-  plus the always-on shared expert, summed over ranks;
-- dense MLP (``GatedMLP``): ``proj(silu(fc(h)) * gate(h))``.
+  RMSNorm of q and k (QK-norm *after* RoPE; *before* it when ``hunyuan.qk_norm_position`` is ``before_rope``,
+  Hy3) -> causal GQA attention over the KV cache -> ``dense`` (row-parallel, summed over ranks). CLA consumer
+  layers have a Q-only projection and attend over their producer's cache;
+- MoE: router in float32 on the full hidden state, then ``hunyuan.routing``: softmax scores (``RENORMALIZE``:
+  softmax over the top-k logits, ``NONE``: top-k of the softmax), or sigmoid scores (Hy3) with top-k of
+  ``scores + mlp.expert_bias`` and the unbiased scores as weights, renormalised (``/ (sum + eps)``) and times
+  ``routed_scaling_factor``; experts ``fc`` -> ``swiglu`` (``x, gate = chunk(fc(h), 2); silu(gate) * x``) ->
+  ``proj``; plus the always-on shared expert, summed over ranks;
+- dense MLP (``GatedMLP``): ``proj(silu(fc(h)) * gate(h))``, on every layer of a dense model and on the layers
+  ``hunyuan.mlp_layer_types`` marks ``dense`` (Hy3's layer 0).
 """
 
 from __future__ import annotations
@@ -83,6 +87,13 @@ class ReferenceExecutor:
         self.moe = cfg.get("moe") or {}
         self.vocab = cfg["vocab_size"]
         self.kv_source = cfg.get("cla_kv_source_layer") or list(range(self.n_layers))
+        extra = cfg.get("hunyuan") or {}
+        self.norm_before_rope = extra.get("qk_norm_position") == "before_rope"
+        moe_kind = "moe" if self.moe.get("num_experts", 0) > 1 else "dense"
+        self.mlp_kinds = extra.get("mlp_layer_types") or [moe_kind] * self.n_layers
+        self.routing = extra.get("routing") or {"scoring": "softmax", "expert_bias": "none",
+                                                   "renormalize": self.moe.get("normalization_mode", 0) == 1,
+                                                   "routed_scaling_factor": 1.0}
         quant = cfg.get("quantization") or {}
         self.fp8 = quant.get("quant_algo") == "FP8"  # e4m3 weights, inputs quantized before each GEMM
         self.kv_fp8 = quant.get("kv_cache_quant_algo") == "FP8"  # K and V stored in e4m3
@@ -169,7 +180,7 @@ class ReferenceExecutor:
     def _decoder_layer(self, x, ranks, local, layer, cache, rope) -> torch.Tensor:
         prefix = f"transformer.layers.{local}."
         x = x + self._attention(x, ranks, prefix, layer, cache, *rope)
-        return x + self._mlp(x, ranks, prefix)
+        return x + self._mlp(x, ranks, prefix, self.mlp_kinds[layer] == "moe")
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """``ln_f`` then the vocab-parallel ``lm_head`` of the last stage, gathered: ``[T, vocab]``."""
@@ -192,13 +203,10 @@ class ReferenceExecutor:
                 q, k, v = qkv.split([q_heads * d, kv_heads * d, kv_heads * d], dim=-1)
             else:
                 q = self.gemm(rank, prefix + "attention.q", a)  # [T, q * d]
-            q = apply_rope(q.view(t, q_heads, d), cos, sin)
-            if self.qk_norm:
-                q = rms_norm(q, self.w(rank, prefix + "attention.q_layernorm.weight"), self.eps)
+            q = self._rope_and_norm(q.view(t, q_heads, d), rank, prefix + "attention.q_layernorm.weight", cos, sin)
             if producer:
-                k = apply_rope(k.reshape(t, kv_heads, d), cos, sin)
-                if self.qk_norm:
-                    k = rms_norm(k, self.w(rank, prefix + "attention.k_layernorm.weight"), self.eps)
+                k = self._rope_and_norm(k.reshape(t, kv_heads, d), rank, prefix + "attention.k_layernorm.weight",
+                                        cos, sin)
                 v = v.reshape(t, kv_heads, d)
                 if self.kv_fp8:  # the cache holds e4m3 K and V
                     kv_scale = self.w(rank, prefix + "attention.kv_cache_scaling_factor")
@@ -210,15 +218,24 @@ class ReferenceExecutor:
             out += self.gemm(rank, prefix + "attention.dense", attn)  # all-reduce of row-parallel dense
         return out
 
-    def _mlp(self, x, ranks, prefix) -> torch.Tensor:
+    def _rope_and_norm(self, x, rank, norm, cos, sin) -> torch.Tensor:
+        """RoPE and the per-head QK-norm ``norm`` (if the model has one), in the configured order."""
+        if not self.qk_norm:
+            return apply_rope(x, cos, sin)
+        if self.norm_before_rope:
+            return apply_rope(rms_norm(x, self.w(rank, norm), self.eps), cos, sin)
+        return rms_norm(apply_rope(x, cos, sin), self.w(rank, norm), self.eps)
+
+    def _mlp(self, x, ranks, prefix, moe: bool) -> torch.Tensor:
         m = rms_norm(x, self.w(ranks[0], prefix + "post_layernorm.weight"), self.eps)
         out = torch.zeros_like(x)
-        if self.moe.get("num_experts", 0) <= 1:
+        if not moe:
             for rank in ranks:
                 h = F.silu(self.gemm(rank, prefix + "mlp.fc", m)) * self.gemm(rank, prefix + "mlp.gate", m)
                 out += self.gemm(rank, prefix + "mlp.proj", h)
             return out
-        weights, experts = self._route(m, self.w(ranks[0], prefix + "mlp.router.weight"))  # [T, k] each
+        bias = self.w(ranks[0], prefix + "mlp.expert_bias") if self.routing["expert_bias"] != "none" else None
+        weights, experts = self._route(m, self.w(ranks[0], prefix + "mlp.router.weight"), bias)  # [T, k] each
         per_rank = self.moe["num_experts"] // self.mapping.moe_ep
         for tp_rank, rank in enumerate(ranks):
             first = self.mapping.coords(tp_rank).moe_ep_rank * per_rank
@@ -233,10 +250,18 @@ class ReferenceExecutor:
                 out += self.gemm(rank, prefix + "mlp.shared_expert.proj", shared)
         return out
 
-    def _route(self, m: torch.Tensor, router: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _route(self, m: torch.Tensor, router: torch.Tensor,
+               bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         logits = m.float() @ router.T  # [T, E] float32
-        k = self.moe["top_k"]
-        if self.moe.get("normalization_mode", 0) == 1:  # RENORMALIZE: softmax over the top-k logits
+        k, routing = self.moe["top_k"], self.routing
+        if routing["scoring"] == "sigmoid":  # Hy3: the bias picks the experts, the unbiased scores weigh them
+            scores = logits.sigmoid()
+            experts = (scores if bias is None else scores + bias).topk(k, dim=-1).indices
+            weights = scores.gather(-1, experts)
+            if routing["renormalize"]:
+                weights = weights / (weights.sum(dim=-1, keepdim=True) + routing.get("renormalize_epsilon", 0.0))
+            return weights * routing["routed_scaling_factor"], experts
+        if routing["renormalize"]:  # RENORMALIZE: softmax over the top-k logits
             values, experts = logits.topk(k, dim=-1)
             return values.softmax(dim=-1), experts
         return logits.softmax(dim=-1).topk(k, dim=-1)  # NONE: top-k of the softmax

@@ -15,6 +15,10 @@ Semantics (those of Tencent's published code with token dropping disabled, see t
 - per-head QK RMSNorm **after** RoPE (only when ``use_qk_norm``); GQA by repeat-interleave; scale head_dim**-0.5;
 - MoE: router softmax in float32 over all experts, top-k, renormalised iff top_k > 1 (Hunyuan-Large's top-1 keeps
   the softmax probability), no token dropping; shared expert always on and ungated; SwiGLU experts;
+- Hy3 (``spec.is_hy3``, transformers' ``hy_v3``): QK-norm (``q_norm``/``k_norm``) *before* RoPE; layers below
+  ``first_dense_layers`` have a dense MLP; the router ``mlp.router.gate`` gives sigmoid scores, the top-k is taken
+  of ``scores + mlp.expert_bias`` (selection only), the weights are the unbiased scores renormalised
+  (``/ (sum + 1e-20)``) and times ``routed_scaling_factor``;
 - CLA (Hunyuan-Large): a consumer layer has no k_proj/v_proj; it reuses the *raw* K/V projections of its
   producer layer (computed from the producer's own input_layernorm output, before RoPE and norm), then applies
   RoPE and its own ``key_layernorm`` to that K; V is used unchanged.
@@ -43,12 +47,17 @@ import torch.nn.functional as F
 from hunyuan_trtllm.checkpoints.spec import ModelSpec, NormalizationMode
 
 WeightGetter = Callable[[str], torch.Tensor]
-# Called once per MoE layer with (layer index, router softmax probabilities [T, E] in float32).
+# Called once per MoE layer with (layer index, the scores top-k selects from [T, E] in float32: softmax
+# probabilities, or Hy3's sigmoid scores plus the expert bias).
 RouterHook = Callable[[int, torch.Tensor], None]
 # (Hugging Face weight name, input x [N, in], weight [out, in] in float32) -> x @ weight.T [N, out].
 Linear = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]
 # (KV-producing layer index, K [T, nKV, d] after RoPE and key norm, V [T, nKV, d]): what its KV cache stores.
 KVHook = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+# Per-head QK-norm weight names: older Hunyuan (query_layernorm/key_layernorm), Hy3 (q_norm/k_norm).
+_QK_NORMS = {False: ("query_layernorm", "key_layernorm"), True: ("q_norm", "k_norm")}
 
 
 # ---- building blocks ----------------------------------------------------------------------------------------
@@ -130,7 +139,7 @@ def linear_weight_names(spec: ModelSpec, layer: int) -> list[str]:
     projections = ("q", "k", "v", "o") if spec.is_kv_producer(layer) else ("q", "o")
     names = [f"{attn}.{p}_proj.weight" for p in projections]
     mlp = f"model.layers.{layer}.mlp"
-    if not spec.is_moe:
+    if not spec.is_moe_layer(layer):
         mlps = [mlp]
     else:
         mlps = [f"{mlp}.shared_mlp"] if spec.shared_intermediate_size > 0 else []
@@ -184,7 +193,7 @@ def decoder_layer(
 
     # ---- MLP / MoE -----------------------------------------------------------------------------------------
     normed = rms_norm(hidden, w(f"{prefix}.post_attention_layernorm.weight"), spec.rms_norm_eps)  # [T, H]
-    if spec.is_moe:
+    if spec.is_moe_layer(layer):
         mlp_out = _moe(spec, w, linear, layer, normed, router_hook)
     else:
         mlp_out = _mlp(w, linear, f"{prefix}.mlp", normed)
@@ -217,7 +226,7 @@ def hf_forward(
 
 
 def router_gaps(spec: ModelSpec, get: WeightGetter, input_ids: Sequence[int]) -> float:
-    """Smallest gap, over every token and MoE layer, between the k-th and (k+1)-th router probability.
+    """Smallest gap, over every token and MoE layer, between the k-th and (k+1)-th router selection score.
 
     A small gap means a tiny numeric difference could flip an expert choice (design note 7). Returns +inf when
     no routing decision exists (dense models, or top_k == num_experts).
@@ -268,10 +277,14 @@ def _attention(
     v = v_raw.view(num_tokens, spec.num_kv_heads, d)  # [T, nKV, d]
 
     cos, sin = (t.to(normed.device) for t in rope_cos_sin(num_tokens, d, spec.rotary_base))  # [T, d] each
+    q_norm, k_norm = _QK_NORMS[spec.is_hy3]
+    if spec.use_qk_norm and spec.qk_norm_before_rope:  # Hy3: per head, before RoPE
+        q = rms_norm(q, w(f"{prefix}.{q_norm}.weight"), spec.rms_norm_eps)
+        k = rms_norm(k, w(f"{prefix}.{k_norm}.weight"), spec.rms_norm_eps)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if spec.use_qk_norm:  # per head, after RoPE, with this layer's own weights (also in a CLA consumer)
-        q = rms_norm(q, w(f"{prefix}.query_layernorm.weight"), spec.rms_norm_eps)
-        k = rms_norm(k, w(f"{prefix}.key_layernorm.weight"), spec.rms_norm_eps)
+    if spec.use_qk_norm and not spec.qk_norm_before_rope:  # per head, after RoPE, this layer's own (also CLA)
+        q = rms_norm(q, w(f"{prefix}.{q_norm}.weight"), spec.rms_norm_eps)
+        k = rms_norm(k, w(f"{prefix}.{k_norm}.weight"), spec.rms_norm_eps)
     if kv_hook is not None and spec.is_kv_producer(layer):
         kv_hook(layer, k, v)  # what this layer's KV cache holds
 
@@ -296,13 +309,16 @@ def _moe(
     """Shared expert (always on, ungated) + the top-k routed experts; no capacity limit."""
     prefix = f"model.layers.{layer}.mlp"
 
-    router_logits = F.linear(normed.float(), w(f"{prefix}.gate.wg.weight"))  # [T, E]; not an FP8 linear
-    probs = torch.softmax(router_logits, dim=-1, dtype=torch.float32)  # [T, E]
-    if router_hook is not None:
-        router_hook(layer, probs)
-    weights, experts = torch.topk(probs, spec.top_k, dim=-1)  # [T, k] each
-    if spec.normalization_mode == NormalizationMode.RENORMALIZE:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
+    if spec.router_scoring == "sigmoid":
+        weights, experts = _sigmoid_routing(spec, w, layer, normed, router_hook)
+    else:
+        router_logits = F.linear(normed.float(), w(f"{prefix}.gate.wg.weight"))  # [T, E]; not an FP8 linear
+        probs = torch.softmax(router_logits, dim=-1, dtype=torch.float32)  # [T, E]
+        if router_hook is not None:
+            router_hook(layer, probs)
+        weights, experts = torch.topk(probs, spec.top_k, dim=-1)  # [T, k] each
+        if spec.normalization_mode == NormalizationMode.RENORMALIZE:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
 
     out = torch.zeros_like(normed)  # [T, H]
     if spec.shared_intermediate_size > 0:
@@ -312,3 +328,19 @@ def _moe(
         expert_out = _mlp(w, linear, f"{prefix}.experts.{expert}", normed[tokens])  # [n, H]
         out = out.index_add(0, tokens, expert_out * weights[tokens, slots, None])
     return out  # [T, H]
+
+
+def _sigmoid_routing(
+    spec: ModelSpec, w: WeightGetter, layer: int, normed: torch.Tensor, router_hook: RouterHook | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hy3: sigmoid scores; top-k of scores + expert bias; the unbiased scores, renormalised, times the factor."""
+    prefix = f"model.layers.{layer}.mlp"
+    scores = torch.sigmoid(F.linear(normed.float(), w(f"{prefix}.router.gate.weight")))  # [T, E] float32
+    choice = scores + w(f"{prefix}.expert_bias") if spec.expert_bias else scores  # selection only
+    if router_hook is not None:
+        router_hook(layer, choice)
+    experts = torch.topk(choice, spec.top_k, dim=-1).indices  # [T, k]
+    weights = scores.gather(-1, experts)  # [T, k]
+    if spec.route_norm:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return weights * spec.routed_scaling_factor, experts

@@ -1,4 +1,5 @@
-"""Logits from transformers' own ``hunyuan_v1_moe`` / ``hunyuan_v1_dense`` classes: an independent reference.
+"""Logits from transformers' own ``hunyuan_v1_moe`` / ``hunyuan_v1_dense`` / ``hy_v3`` classes: an independent
+reference.
 
 The transformers config is built from the :class:`ModelSpec` (never from the model directory's config.json, whose
 Tencent dialect and ``auto_map`` transformers cannot or must not use; ``trust_remote_code`` is never set). The
@@ -8,7 +9,9 @@ model's ``*.safetensors`` files (and shard index) next to a config.json written 
 config.json (for generation defaults), and crashes when a directory has neither.
 
 transformers' conversion mapping fuses Tencent's per-expert ``gate_proj``/``up_proj`` tensors into its
-``gate_up_proj`` on load, so Tencent-named checkpoints load as they are.
+``gate_up_proj`` on load (and, for ``hy_v3``, renames ``mlp.router.gate``/``mlp.expert_bias``/``mlp.shared_mlp``),
+so Tencent-named checkpoints load as they are. transformers never builds Hy3's MTP layer: its tensors are the only
+ones allowed to stay unused.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def transformers_supports(spec: ModelSpec) -> str | None:
     """None when transformers' Hunyuan classes compute exactly this model, else a short reason why not."""
     if spec.architecture == LARGE:
         return "transformers has no Hunyuan-Large (HunYuanForCausalLM) class"
+    if spec.is_hy3:
+        return _hy3_unsupported(spec)
     if spec.uses_cla:
         return "transformers has no cross-layer attention (CLA)"
     if not spec.use_qk_norm:
@@ -48,6 +53,17 @@ def transformers_supports(spec: ModelSpec) -> str | None:
                 f"expert width {spec.expert_intermediate_size} != intermediate_size {spec.intermediate_size} "
                 "(transformers sizes the experts with intermediate_size)"
             )
+    return None
+
+
+def _hy3_unsupported(spec: ModelSpec) -> str | None:
+    """transformers' ``hy_v3`` always applies the QK norm, the expert bias and renormalisation."""
+    if not spec.use_qk_norm:
+        return "transformers' hy_v3 always applies the per-head QK norm (qk_norm is false)"
+    if not spec.expert_bias:
+        return "transformers' hy_v3 always adds an expert bias (moe_router_enable_expert_bias is false)"
+    if not spec.route_norm:
+        return "transformers' hy_v3 always renormalises the routing weights (route_norm is false)"
     return None
 
 
@@ -99,6 +115,8 @@ def _load(transformers: Any, model_dir: Path, weight_files: list[Path], spec: Mo
             local_files_only=True,
             output_loading_info=True,
         )
+    mtp = tuple(f"model.layers.{spec.num_layers + i}." for i in range(spec.num_mtp_layers))
+    info["unexpected_keys"] = [key for key in info.get("unexpected_keys", ()) if not key.startswith(mtp)]
     problems = {key: value for key, value in info.items() if value}
     if problems:
         raise CheckpointError(f"{model_dir}: transformers did not load the weights cleanly: {problems}")
@@ -136,7 +154,15 @@ def _transformers_config(transformers: Any, spec: ModelSpec) -> Any:
         pad_token_id=pad,
         eos_token_id=list(spec.eos_token_ids) or None,
     )
-    if spec.is_moe:
+    if spec.is_hy3:
+        config = transformers.AutoConfig.for_model(
+            "hy_v3", num_experts=spec.num_experts, num_experts_per_tok=spec.top_k,
+            num_shared_experts=spec.shared_intermediate_size // spec.expert_intermediate_size,
+            moe_intermediate_size=spec.expert_intermediate_size, router_scaling_factor=spec.routed_scaling_factor,
+            mlp_layer_types=["sparse" if spec.is_moe_layer(i) else "dense" for i in range(spec.num_layers)],
+            enable_moe_fp32_combine=False, **common
+        )
+    elif spec.is_moe:
         config = transformers.AutoConfig.for_model(
             "hunyuan_v1_moe", num_experts=spec.num_experts, moe_topk=spec.top_k, **common
         )

@@ -1,6 +1,6 @@
 """verify: logits of a converted checkpoint (reference executor) against an independent reference.
 
-The reference is transformers' own ``hunyuan_v1_moe`` / ``hunyuan_v1_dense`` classes where they can represent the
+The reference is transformers' own ``hunyuan_v1_moe`` / ``hunyuan_v1_dense`` / ``hy_v3`` classes where they can represent the
 model, else the plain Hugging Face-layout forward pass in :mod:`hunyuan_trtllm.reference.hf_forward` (which is
 itself checked against Tencent's logits in the golden fixtures), e.g. for Hunyuan-Large's CLA. Both run in
 float32 on weights rounded to the checkpoint's dtype, so the comparison measures the conversion (layout, sharding,
@@ -136,7 +136,7 @@ def verify(
         if unsupported:
             raise UserError(f"--reference transformers: {unsupported}; use --reference plain")
         expected = transformers_logits(src.path, src.spec, list(prompts.values()), dtype=dtype)
-        label = "transformers (hunyuan_v1_moe/hunyuan_v1_dense)"
+        label = "transformers (hy_v3)" if src.spec.is_hy3 else "transformers (hunyuan_v1_moe/hunyuan_v1_dense)"
     elif reference == "plain":
 
         def get(name: str) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Random-weight checkpoints in Tencent's exact on-disk format (A13B, Large, dense), for tests and benchmarks.
+"""Random-weight checkpoints in Tencent's exact on-disk format (A13B, Large, dense, Hy3), for tests and benchmarks.
 
 Weights are made as the golden fixtures' were: tensor names (Tencent's separate q/k/v and gate/up layout) sorted
 as strings, one CPU ``torch.Generator`` seeded with the seed drawing every tensor in that order, ``0.8 +
@@ -6,6 +6,9 @@ as strings, one CPU ``torch.Generator`` seeded with the seed drawing every tenso
 requested dtype. Big tensors are drawn in row chunks (the values are the same as one draw) and written straight to
 their place in the safetensors file, so memory stays at one chunk whatever the model size. ``fused=True`` places
 the same rows into the older fused layouts (design note 8), so it holds exactly the same model.
+
+Hy3 checkpoints also hold the MTP layer (``model.layers.{num_hidden_layers}``) and store ``mlp.expert_bias`` in
+float32 whatever the dtype, as tencent/Hy3 does (``FLOAT32_TENSORS``).
 
 Tiny MoE presets scan seeds upward until every router decision on the built-in prompts has a probability margin
 of at least ``min_router_gap`` (design note 7); ``synth_info.json`` records the seed used and the margin.
@@ -43,12 +46,12 @@ from hunyuan_trtllm.checkpoints.safetensors_io import (
     write_atomic,
 )
 from hunyuan_trtllm.checkpoints.spec import ModelSpec, load_config, parse_spec
-from hunyuan_trtllm.checkpoints.weight_plan import tensor_shapes
+from hunyuan_trtllm.checkpoints.weight_plan import stored_dtype, tensor_shapes
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.reference.hf_forward import router_gaps
 from hunyuan_trtllm.synth import configs as synth_configs
 
-ARCHS = ("a13b", "large", "dense")
+ARCHS = ("a13b", "large", "dense", "hy3")
 PRESETS = ("tiny", "full-width")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TINY_RANKS = 793  # BPE ranks of the tiny tokenizer: 793 + 210 specials = 1003 ids
@@ -85,13 +88,20 @@ def synth_checkpoint(
     out_dir = Path(out_dir)
     config = synth_config(arch, preset, layers, dtype)
     spec = parse_spec(config, "synthetic config.json")
+    if fused and spec.is_hy3:
+        raise UserError("--fused: Hy3 has no fused qkv_proj / gate_and_up_proj layout")
     shapes = tensor_shapes(spec)
     check_new_output_dir(out_dir, sum(math.prod(s) for s in shapes.values()) * dtype_size(DTYPES[spec.torch_dtype]))
     with atomic_output_dir(out_dir, "synth") as tmp:
         with Progress(disable=not progress) as bar:
             stream, used_seed, gap = _weights(spec, shapes, seed, preset, min_router_gap, bar)
             _write_weights(tmp, spec, shapes, stream, fused, sharded=preset == "full-width", bar=bar)
-        _write_tokenizer_files(tmp, arch, spec.vocab_size)
+        if spec.is_hy3:  # no tokenizer: Hy3's tokenizer.json and chat template belong to serving (not made here)
+            generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
+                          "pad_token_id": config["pad_token_id"], "do_sample": True, "temperature": 0.9, "top_p": 1.0}
+            write_atomic(tmp / "generation_config.json", json.dumps(generation, indent=2) + "\n")
+        else:
+            _write_tokenizer_files(tmp, arch, spec.vocab_size)
         info = {"arch": arch, "preset": preset, "dtype": spec.torch_dtype, "fused": fused, "seed_requested": seed,
                 "seed": used_seed, "min_router_gap": min_router_gap, "router_gap": gap,
                 "router_gap_prompts": list(DEFAULT_PROMPTS)}
@@ -133,7 +143,7 @@ def generate_weights(shapes: dict[str, tuple[int, ...]], seed: int, dtype: torch
                 values = 0.8 + 0.4 * torch.rand(part, generator=generator)
             else:
                 values = 0.05 * torch.randn(part, generator=generator)
-            yield name, start, values.to(dtype)
+            yield name, start, values.to(stored_dtype(name, dtype))
 
 
 # ---- weights ------------------------------------------------------------------------------------------------
@@ -173,7 +183,7 @@ def _materialize(
     stream: WeightStream, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
     """Assemble a weight stream into whole tensors (tiny models only)."""
-    weights = {name: torch.empty(shape, dtype=dtype) for name, shape in shapes.items()}
+    weights = {name: torch.empty(shape, dtype=stored_dtype(name, dtype)) for name, shape in shapes.items()}
     for name, start, rows in stream:
         weights[name][start : start + rows.shape[0]] = rows
     return weights
@@ -214,16 +224,18 @@ def _placements(
 
 
 def _shard_files(stored: dict[str, tuple[int, ...]], num_layers: int, sharded: bool) -> dict[str, str]:
-    """File of each stored tensor: one ``model.safetensors``, or about one decoder layer per shard (HF names)."""
+    """File of each stored tensor: one ``model.safetensors``, or about one decoder layer (MTP layers included)
+    per shard (HF names)."""
     if not sharded:
         return {name: "model.safetensors" for name in stored}
+    shards = max([num_layers] + [int(n.split(".")[2]) + 1 for n in stored if n.startswith("model.layers.")])
     files = {}
     for name in stored:
         if name.startswith("model.layers."):
             shard = int(name.split(".")[2])
         else:  # embeddings with the first layer; final norm and lm_head with the last
             shard = 0 if name == "model.embed_tokens.weight" else num_layers - 1
-        files[name] = f"model-{shard + 1:05d}-of-{num_layers:05d}.safetensors"
+        files[name] = f"model-{shard + 1:05d}-of-{shards:05d}.safetensors"
     return files
 
 
@@ -243,9 +255,10 @@ def _write_weights(
     layouts = {}
     fds: dict[str, int] = {}
     for file in sorted(set(files.values())):
-        layouts[file] = plan_file([OutputEntry(name, dtype, stored[name]) for name in stored if files[name] == file])
+        layouts[file] = plan_file([OutputEntry(name, stored_dtype(name, dtype), stored[name]) for name in stored
+                                   if files[name] == file])
         fds[file] = os.open(create_partial(folder / file, layouts[file]), os.O_WRONLY)
-    total = sum(math.prod(shape) for shape in stored.values()) * dtype_size(dtype)
+    total = sum(math.prod(shape) * dtype_size(stored_dtype(name, dtype)) for name, shape in stored.items())
     task = bar.add_task("writing weights", total=total)
     try:
         for name, start, rows in stream:

@@ -5,7 +5,10 @@
 - ``large``: the key set of the large-tiny golden fixture (Tencent's Large configuration class: scalar
   ``moe_topk`` / ``num_shared_expert``, ``use_cla`` with ``cla_share_factor`` 2, no head-dim key);
 - ``dense``: the key set of the dense-tiny golden fixture (``hunyuan_v1_dense`` with ``head_dim`` and
-  ``attention_head_dim``).
+  ``attention_head_dim``);
+- ``hy3``: the 40 keys of tencent/Hy3's config.json, in its order (shared/reference/hy3.md §a.1, the hy3-tiny
+  golden fixture), with one MTP layer. A one-layer stack is a MoE layer (``first_k_dense_replace`` 0), the kind
+  that makes up the model; deeper stacks keep the released dense layer 0.
 
 Special-token ids follow the tokenizer: the 210 specials come right after the BPE ranks (hy_tokenizer.py).
 """
@@ -33,6 +36,7 @@ class Dims:
     intermediate: int  # dense MLP width, or the routed and shared expert width of MoE models
     vocab: int
     tie: bool
+    dense_intermediate: int = 0  # Hy3: the dense layer 0's MLP width
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ PRESET_DIMS: dict[tuple[str, str], Dims] = {
     ("a13b", "full-width"): Dims(4096, 2, 32, 8, 128, 64, 8, 3072, 128167, True),
     ("large", "full-width"): Dims(6400, 2, 80, 8, 80, 16, 1, 18304, 128167, False),
     ("dense", "full-width"): Dims(4096, 2, 32, 8, 128, 0, 0, 14336, 128167, True),
+    # hy3 tiny: the hy3-tiny golden fixture's shape; full-width: tencent/Hy3's widths (a MoE layer is ~3.6 GB bf16).
+    ("hy3", "tiny"): Dims(64, 4, 8, 2, 16, 8, 2, 32, 1003, False, 96),
+    ("hy3", "full-width"): Dims(4096, 2, 64, 8, 128, 192, 8, 1536, 120832, False, 13312),
 }
 
 
@@ -134,8 +141,32 @@ def dense_config(d: Dims, layers: int, ids: SpecialIds, dtype: str) -> dict[str,
     }
 
 
+def hy3_config(d: Dims, layers: int, ids: SpecialIds, dtype: str) -> dict[str, Any]:
+    """tencent/Hy3's config.json with the sizes of ``d``; the special ids keep their offsets from bos (bos 120000 in
+    the real vocabulary, 12 below the end of small ones); ``ids`` (the hy.tiktoken ids) do not apply."""
+    real = d.vocab > 100000
+    bos = d.vocab - 832 if real else d.vocab - 12
+    eos, eod = (bos + 25, bos + 26) if real else (bos + 5, bos + 6)
+    return {
+        "architectures": ["HYV3ForCausalLM"], "bos_token_id": bos, "dtype": dtype,
+        "enable_attention_fp32_softmax": False, "enable_lm_head_fp32": True, "enable_moe_fp32_combine": False,
+        "eod_token_id": eod, "eos_token_id": eos,
+        "expert_hidden_dim": d.intermediate, "first_k_dense_replace": 1 if layers > 1 else 0,
+        "head_dim": d.head_dim, "hidden_act": "silu", "hidden_size": d.hidden, "initializer_range": 0.006,
+        "intermediate_size": d.dense_intermediate, "max_position_embeddings": 262144 if real else 4096,
+        "model_type": "hy_v3", "moe_intermediate_size": d.intermediate, "moe_router_enable_expert_bias": True,
+        "moe_router_use_sigmoid": True, "num_attention_heads": d.heads, "num_experts": d.experts,
+        "num_experts_per_tok": d.top_k, "num_hidden_layers": layers, "num_key_value_heads": d.kv_heads,
+        "num_nextn_predict_layers": 1, "num_shared_experts": 1, "output_router_logits": True, "pad_token_id": bos + 2,
+        "qk_norm": True, "rms_norm_eps": 1e-05, "rope_parameters": {"rope_theta": 11158840.0, "rope_type": "default"},
+        "route_norm": True, "router_scaling_factor": 2.826, "sep_token_id": bos + 7, "tie_word_embeddings": d.tie,
+        "transformers_version": "5.6.0", "use_cache": True, "use_grouped_mm": False, "vocab_size": d.vocab,
+    }
+
+
 BUILDERS: dict[str, Callable[[Dims, int, SpecialIds, str], dict[str, Any]]] = {
     "a13b": a13b_config,
     "large": large_config,
     "dense": dense_config,
+    "hy3": hy3_config,
 }

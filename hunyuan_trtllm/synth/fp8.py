@@ -15,10 +15,10 @@ SYNTH_INPUT_SCALE = 4.0 / 448  # a normed hidden state's amax is a few units
 
 
 def synth_fp8_checkpoint(out_dir: Path, arch: str, seed: int = 0, format: str = "tencent",
-                         min_router_gap: float = 2e-3) -> Path:
-    """A tiny random checkpoint in Tencent's FP8 release format (or ``format="trtllm"``).
+                         min_router_gap: float = 2e-3, preset: str = "tiny", layers: int | None = None) -> Path:
+    """A random checkpoint in Tencent's FP8 release format (Hy3-FP8's for ``arch="hy3"``; or ``format="trtllm"``).
 
-    Built from :func:`synth_checkpoint` (tiny preset, bfloat16) with weight scales from the weights, an FP8 KV-cache
+    Built from :func:`synth_checkpoint` (``preset``, bfloat16) with weight scales from the weights, an FP8 KV-cache
     scale per layer, and input scales that differ for every projection and every expert (``SYNTH_INPUT_SCALE``
     times 1 .. 2), so that a converter's max-merges of fused parts and of experts are observable.
     """
@@ -26,7 +26,8 @@ def synth_fp8_checkpoint(out_dir: Path, arch: str, seed: int = 0, format: str = 
     work = out_dir.with_name(f".{out_dir.name}.synth-bf16-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     try:
-        synth_checkpoint(work, arch, preset="tiny", seed=seed, dtype="bfloat16", min_router_gap=min_router_gap)
+        synth_checkpoint(work, arch, preset=preset, layers=layers, seed=seed, dtype="bfloat16",
+                         min_router_gap=min_router_gap)
         source = SourceCheckpoint(work)
         try:
             quantize_checkpoint(source, out_dir, _synth_scales(source, f"synthetic ({arch}, seed {seed})"),
