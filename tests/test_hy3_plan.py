@@ -90,3 +90,23 @@ def test_deploy_accepts_the_presets(tmp_path):
                                           "-o", str(out)])
         assert result.exit_code == 0, result.output
         assert repo in "".join(p.read_text() for p in out.rglob("*") if p.is_file())
+
+
+def test_real_config_tp8_ep8_shapes():
+    """192 experts over EP 8: 24 per rank; the dense layer 0 and the float32 head split by tp."""
+    import torch
+
+    from hunyuan_trtllm.builder.planner_models import preset_spec
+    from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan
+
+    plan = WeightPlan.build(preset_spec("hy3"), Mapping(tp=8, moe_ep=8), torch.bfloat16, only_ranks={0})
+    t = {p.name: (p.shape, p.dtype) for p in plan.ranks[0]}
+    layer = "transformer.layers.{}.".format
+    assert t[layer(1) + "mlp.fc.weight"] == ((24, 2 * 1536, 4096), torch.bfloat16)
+    assert t[layer(79) + "mlp.proj.weight"] == ((24, 4096, 1536), torch.bfloat16)
+    assert t[layer(1) + "mlp.router.weight"] == ((192, 4096), torch.float32)
+    assert t[layer(1) + "mlp.expert_bias"] == ((192,), torch.float32)
+    assert t[layer(0) + "mlp.fc.weight"] == ((13312 // 8, 4096), torch.bfloat16)
+    assert layer(0) + "mlp.router.weight" not in t and layer(80) + "input_layernorm.weight" not in t
+    assert t[layer(5) + "attention.qkv.weight"] == (((64 + 2 * 8) * 128 // 8, 4096), torch.bfloat16)
+    assert t["lm_head.weight"] == ((120832 // 8, 4096), torch.float32)
