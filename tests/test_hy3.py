@@ -131,7 +131,8 @@ def test_bfloat16_keeps_router_bias_and_lm_head_in_float32_and_verifies(hy3_gold
         t = load_file(out / f"rank{rank}.safetensors")
         assert t["transformer.layers.1.mlp.router.weight"].dtype == torch.float32
         bias = t["transformer.layers.1.mlp.expert_bias"]
-        assert bias.dtype == torch.float32 and torch.equal(bias, open_source(path).get("model.layers.1.mlp.expert_bias"))
+        assert bias.dtype == torch.float32
+        assert torch.equal(bias, open_source(path).get("model.layers.1.mlp.expert_bias"))
         assert t["lm_head.weight"].dtype == torch.float32 and t["lm_head.weight"].shape == (256, 64)
         assert t["transformer.layers.0.mlp.fc.weight"].dtype == torch.bfloat16
         assert t["transformer.layers.0.mlp.fc.weight"].shape == (48, 64)  # dense layer 0: 96 / tp 2
@@ -173,7 +174,6 @@ def test_mtp_layer_left_out_by_default_and_kept_as_a_draft_part(hy3_golden, tmp_
     (["--pp", "5"], "error: --pp 5 exceeds the 4 layers"),
 ])
 def test_impossible_layouts_refused_with_one_line(hy3_golden, tmp_path, flags, message):
-    from hunyuan_trtllm import commands  # noqa: F401  (registers convert)
     from hunyuan_trtllm.cli import cli
 
     out = tmp_path / "out"
@@ -195,3 +195,11 @@ def test_dense_layer_width_and_hy3_config_errors(hy3_golden):
                             ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'")]:
         with pytest.raises(ConfigError, match=message):
             parse_spec({**config, **change})
+
+
+def test_engine_build_refuses_hy3_until_it_has_a_model_definition(golden_layouts):
+    from hunyuan_trtllm.builder.checkpoint import spec_from_trtllm_config
+    from hunyuan_trtllm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'HYV3ForCausalLM' is not a Hunyuan model this tool builds"):
+        spec_from_trtllm_config(golden_layouts[(1, 1, 1)].config, "config.json")

@@ -23,7 +23,7 @@ import torch
 from hunyuan_trtllm.checkpoints.fp8 import fp8_plan, linear_weight_names, quantization_config
 from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
 from hunyuan_trtllm.checkpoints.mapping import Mapping
-from hunyuan_trtllm.checkpoints.spec import SUPPORTED_ARCHITECTURES, ModelSpec, load_config, parse_spec
+from hunyuan_trtllm.checkpoints.spec import ENGINE_ARCHITECTURES, ModelSpec, load_config, parse_spec
 from hunyuan_trtllm.checkpoints.trtllm_config import DTYPE_STRINGS, trtllm_config
 from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan
 from hunyuan_trtllm.errors import ConfigError, UserError
@@ -66,9 +66,9 @@ def spec_from_trtllm_config(cfg: dict[str, Any], where: str) -> ModelSpec:
         return section[key]
 
     architecture = need("architecture")
-    if architecture not in SUPPORTED_ARCHITECTURES:
+    if architecture not in ENGINE_ARCHITECTURES:
         raise ConfigError(f"{where}: architecture '{architecture}' is not a Hunyuan model this tool builds "
-                          f"({', '.join(SUPPORTED_ARCHITECTURES)})")
+                          f"({', '.join(ENGINE_ARCHITECTURES)})")
     moe, hunyuan = need("moe"), need("hunyuan")
     num_experts = int(need("num_experts", moe, "moe."))
     width = int(need("intermediate_size"))

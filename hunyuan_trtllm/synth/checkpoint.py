@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
+from hunyuan_trtllm.checkpoints.hy3_tokenizer import write_hy3_tokenizer
 from hunyuan_trtllm.checkpoints.hy_tokenizer import (
     SPECIAL_TOKENS,
     filled_ranks,
@@ -96,7 +97,8 @@ def synth_checkpoint(
         with Progress(disable=not progress) as bar:
             stream, used_seed, gap = _weights(spec, shapes, seed, preset, min_router_gap, bar)
             _write_weights(tmp, spec, shapes, stream, fused, sharded=preset == "full-width", bar=bar)
-        if spec.is_hy3:  # no tokenizer: Hy3's tokenizer.json and chat template belong to serving (not made here)
+        if spec.is_hy3:  # tokenizer.json (a small BPE, Hy3's special tokens at the config's ids), no chat template
+            write_hy3_tokenizer(tmp, config)
             generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
                           "pad_token_id": config["pad_token_id"], "do_sample": True, "temperature": 0.9, "top_p": 1.0}
             write_atomic(tmp / "generation_config.json", json.dumps(generation, indent=2) + "\n")
