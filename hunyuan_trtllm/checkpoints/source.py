@@ -91,9 +91,9 @@ class SourceCheckpoint:
                 self.tensors.setdefault(name, (file, info))
         self._check_index()
         self._fds: dict[Path, int] = {}
-        self.fp8 = _is_fp8(self.config, path)
         # The fused-qkv layout needs head counts, so the config's spec is used until shapes are reconciled.
         self.spec: ModelSpec = parse_spec(self.config, str(path / "config.json"))
+        self.fp8 = _is_fp8(self.config, path)
         self.spec = _reconcile(self.spec, self)
 
     # ---- logical reads ------------------------------------------------------------------------------------
@@ -196,11 +196,7 @@ class SourceCheckpoint:
         index_file = self.path / "model.safetensors.index.json"
         if not index_file.is_file():
             return
-        try:
-            weight_map: dict[str, str] = json.loads(index_file.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise CheckpointError(f"{index_file}: malformed index (expected a 'weight_map' object)") from None
-        for name, file in weight_map.items():
+        for name, file in load_weight_map(index_file).items():
             if name not in self.tensors:
                 raise CheckpointError(f"{self.path / file}: missing (listed in {index_file.name} for '{name}')")
 
@@ -303,13 +299,26 @@ _FUSED_RULES: list[Callable[[SourceCheckpoint, Read], list[PhysicalRead] | None]
 # ---- files and reconciliation -------------------------------------------------------------------------------
 
 
+def load_weight_map(index_file: Path) -> dict[str, str]:
+    """``weight_map`` of a ``model.safetensors.index.json``: tensor name -> shard file in the same directory."""
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        index = None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_file}: malformed index (expected a 'weight_map' object)")
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or Path(file).name != file or not file.endswith(".safetensors"):
+            raise CheckpointError(f"{index_file}: weight_map['{name}'] is {file!r}; expected the name of a "
+                                  ".safetensors shard in the same directory")
+    return weight_map
+
+
 def _find_weight_files(path: Path) -> list[Path]:
     index_file = path / "model.safetensors.index.json"
     if index_file.is_file():
-        try:
-            names = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise CheckpointError(f"{index_file}: malformed index (expected a 'weight_map' object)") from None
+        names = sorted(set(load_weight_map(index_file).values()))
         missing = [n for n in names if not (path / n).is_file()]
         if missing:
             raise CheckpointError(f"{path / missing[0]}: shard listed in {index_file.name} is missing")
