@@ -134,6 +134,7 @@ def convert(
         raise UserError("--kv-cache-dtype fp8 goes with --dtype fp8")
     wanted = ranks if ranks is not None else list(range(mapping.world_size))
     check_not_an_input(out_dir, [src.path], overwrite)
+    _check_ours(out_dir, overwrite)  # before the lock file is created in it
     with locked_output_dir(out_dir, overwrite) as lock:
         with lock.metadata():
             _prepare_output(out_dir, src, plan, overwrite)
@@ -189,19 +190,25 @@ _OUR_FILES = re.compile(r"rank\d+\.safetensors|\.rank\d+\.safetensors\.partial|(
                         r"|\.(manifest|config)\.json\.partial")
 
 
-def _prepare_output(out_dir: Path, src: SourceCheckpoint, plan: WeightPlan, overwrite: bool) -> None:
-    """Decide what the directory holds: nothing, our conversion to resume, or (``--overwrite``) one to replace."""
+def _check_ours(out_dir: Path, overwrite: bool) -> None:
+    """Refuse, touching nothing, a directory that holds something other than our conversion."""
     if overwrite:
         check_replaceable(out_dir, _is_our_conversion, "a conversion (manifest.json)")
+    elif out_dir.is_dir() and not (out_dir / MANIFEST).exists() and not is_empty_dir(out_dir):
+        raise UserError(f"{out_dir}: not empty and holds no conversion to resume; choose another output "
+                        "directory (--overwrite replaces only a conversion written by hunyuan-trtllm)")
+
+
+def _prepare_output(out_dir: Path, src: SourceCheckpoint, plan: WeightPlan, overwrite: bool) -> None:
+    """Decide what the directory holds: nothing, our conversion to resume, or (``--overwrite``) one to replace."""
+    _check_ours(out_dir, overwrite)
+    if overwrite:
         for path in out_dir.iterdir():  # our files only: whatever else the user keeps here stays
             if _OUR_FILES.fullmatch(path.name) and not path.is_dir():
                 path.unlink()
         return
     manifest = _read_manifest(out_dir)
     if manifest is None:
-        if not is_empty_dir(out_dir):
-            raise UserError(f"{out_dir}: not empty and holds no conversion to resume; choose another output "
-                            "directory (--overwrite replaces only a conversion written by hunyuan-trtllm)")
         return
     if manifest.get("plan_digest") != plan.digest():
         raise UserError(f"{out_dir}: holds a conversion with different settings; pass --overwrite or use another")

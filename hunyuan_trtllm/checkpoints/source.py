@@ -17,6 +17,7 @@ only those bytes (``pread`` of the rows it needs; columns are cut from those row
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from hunyuan_trtllm.checkpoints.spec import ModelSpec, load_config, parse_spec
 from hunyuan_trtllm.errors import CheckpointError, UserError
 
 Range = tuple[int, int]
+SAMPLES, SAMPLE_BYTES = 8, 64 * 1024  # weight bytes hashed per file for the manifest's fingerprint
 HF_ALLOW_PATTERNS = ["*.json", "*.safetensors", "hy.tiktoken", "tokenizer*", "*.txt", "Notice*", "LICENSE*"]
 
 
@@ -91,6 +93,7 @@ class SourceCheckpoint:
                 self.tensors.setdefault(name, (file, info))
         self._check_index()
         self._fds: dict[Path, int] = {}
+        self._fingerprint: list[dict[str, object]] | None = None
         # The fused-qkv layout needs head counts, so the config's spec is used until shapes are reconciled.
         self.spec: ModelSpec = parse_spec(self.config, str(path / "config.json"))
         self.fp8 = _is_fp8(self.config, path)
@@ -201,17 +204,41 @@ class SourceCheckpoint:
                 raise CheckpointError(f"{self.path / file}: missing (listed in {index_file.name} for '{name}')")
 
     def fingerprint(self) -> list[dict[str, object]]:
-        """Source files with sizes and header hashes, for the manifest (hashing headers, not 100s of GB)."""
-        import hashlib
+        """Source files with sizes, header hashes and a hash of sampled weight bytes, for the manifest.
 
-        entries = []
-        for name in ["config.json", *sorted(f.name for f in self.files)]:
-            file = self.path / name
-            header = self.headers.get(file)
-            digest = hashlib.sha256(header.raw if header else file.read_bytes()).hexdigest()
-            key = "header_sha256" if header else "sha256"
-            entries.append({"file": name, "bytes": file.stat().st_size, key: digest})
-        return entries
+        Hashing headers (not 100s of GB) tells apart files with different tensors; the sampled bytes (64 KiB at
+        each of 8 places in the data section) tell apart two models with the same shapes, which a resumed
+        conversion must not mix.
+        """
+        if self._fingerprint is None:
+            entries: list[dict[str, object]] = []
+            for name in ["config.json", *sorted(f.name for f in self.files)]:
+                file = self.path / name
+                header = self.headers.get(file)
+                entry: dict[str, object] = {"file": name, "bytes": file.stat().st_size}
+                if header is None:
+                    entry["sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
+                else:
+                    entry["header_sha256"] = hashlib.sha256(header.raw).hexdigest()
+                    entry["sample_sha256"] = self._sample_digest(header, entry["bytes"])  # type: ignore[arg-type]
+                entries.append(entry)
+            self._fingerprint = entries
+        return self._fingerprint
+
+    def _sample_digest(self, header: FileHeader, size: int) -> str:
+        digest = hashlib.sha256()
+        data = size - header.data_start
+        chunk = min(SAMPLE_BYTES, data)
+        fd = os.open(header.path, os.O_RDONLY)
+        try:
+            for i in range(SAMPLES):
+                buf = bytearray(chunk)
+                offset = header.data_start + (data - chunk) * i // max(SAMPLES - 1, 1)
+                pread_exact(fd, buf, offset, f"{header.path}")
+                digest.update(buf)
+        finally:
+            os.close(fd)
+        return digest.hexdigest()
 
 
 def open_source(model: str | os.PathLike[str]) -> SourceCheckpoint:
