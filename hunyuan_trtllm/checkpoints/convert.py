@@ -133,7 +133,7 @@ def convert(
     elif kv_cache_fp8:
         raise UserError("--kv-cache-dtype fp8 goes with --dtype fp8")
     wanted = ranks if ranks is not None else list(range(mapping.world_size))
-    check_not_an_input(out_dir, [src.path], overwrite)
+    check_not_an_input(out_dir, [src.path, *{f.resolve().parent for f in src.files}], overwrite)  # HF cache blobs
     _check_ours(out_dir, overwrite)  # before the lock file is created in it
     with locked_output_dir(out_dir, overwrite) as lock:
         with lock.metadata():
