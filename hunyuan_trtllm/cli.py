@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import click
@@ -55,8 +57,11 @@ def cli() -> None:
     """
 
 
-def byte_progress(label: str, quiet: bool) -> tuple[Progress | None, Callable[[int, int], Callable[[int], None]]]:
-    """A rich progress bar in bytes with GB/s, and the callback factory the converter expects."""
+def byte_progress(label: str, quiet: bool) -> tuple[AbstractContextManager[Progress] | None,
+                                                   Callable[[int, int], Callable[[int], None]]]:
+    """A rich progress bar in bytes with GB/s, and the callback factory the converter expects.
+
+    The bar appears when the work starts, so an error before that is one line with no empty bar above it."""
     progress = None if quiet else Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -70,10 +75,20 @@ def byte_progress(label: str, quiet: bool) -> tuple[Progress | None, Callable[[i
     def start(total: int, done: int) -> Callable[[int], None]:
         if progress is None:
             return lambda n: None
+        progress.start()
         task = progress.add_task(label, total=total, completed=done)
         return lambda n: progress.advance(task, n)
 
-    return progress, start
+    return (None if progress is None else _stopped_after(progress)), start
+
+
+@contextlib.contextmanager
+def _stopped_after(progress: Progress) -> Iterator[Progress]:
+    try:
+        yield progress
+    finally:
+        if progress.live.is_started:  # stop() prints an empty line even when the bar never appeared
+            progress.stop()
 
 
 def print_table(title: str, rows: list[tuple[str, Any]]) -> None:

@@ -61,7 +61,9 @@ def models(tiny_models, tmp_path_factory) -> Path:
 def test_convert_overwrite_never_deletes_an_input(models, out, fragment):
     before = snapshot(models)
     target = models.parent / out
-    assert_one_line_error(run("convert", models / "dense", "-o", target, "--overwrite", "--quiet"), fragment)
+    result = run("convert", models / "dense", "-o", target, "--overwrite")
+    assert_one_line_error(result, fragment)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1  # not even an empty progress bar
     assert snapshot(models) == before
 
 
