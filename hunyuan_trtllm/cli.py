@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -40,6 +41,12 @@ class HunyuanGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}disk full ({exc.strerror}); free up space and run the command again", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=HunyuanGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -310,3 +310,16 @@ def test_real_enospc_on_a_small_tmpfs(tiny_models, small_tmpfs, held):
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "disk full" in lines[0], err
     assert not out.exists() or not [p.name for p in out.iterdir() if not p.name.startswith(".hunyuan")]
     filler.unlink()
+
+
+def test_disk_full_in_other_commands_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from hunyuan_trtllm.checkpoints import synth
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(synth, "write_atomic", full)
+    assert_one_line_error(run("synth", "--arch", "dense", "-o", tmp_path / "out"), ".out.synth-", "disk full")
+    assert list(tmp_path.iterdir()) == []  # the half-built folder beside it is gone too
