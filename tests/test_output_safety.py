@@ -237,7 +237,7 @@ def test_workers_die_with_their_parent(tiny_models, tmp_path, held, sig):
                   "2", "--quiet")
     held.wait_for(2, parent)  # both workers are inside a task
     children = psutil.Process(parent.pid).children(recursive=True)
-    assert len(children) >= 2
+    assert len(children) == 3 and any("resource_tracker" in " ".join(c.cmdline()) for c in children)
     os.kill(parent.pid, sig)
     parent.communicate(timeout=60)
     deadline = time.monotonic() + 20
