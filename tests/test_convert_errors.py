@@ -177,3 +177,120 @@ def test_zero_key_norm_refused_for_cla_fold(tmp_path, tiny_models):
     rewrite(model, zero)
     assert_one_line_error(run("convert", model, "-o", tmp_path / "out"), "model.layers.0.self_attn.key_layernorm",
                           "divide by zero")
+
+
+def hostile_copy(tiny_models, tmp_path, arch="a13b"):
+    """A model directory linking the tiny model's files, with its own config.json to damage."""
+    path = tmp_path / "hostile"
+    path.mkdir()
+    for file in tiny_models[arch].iterdir():
+        (path / file.name).symlink_to(file)
+    (path / "config.json").unlink()
+    return path, json.loads((tiny_models[arch] / "config.json").read_text())
+
+
+@pytest.mark.parametrize(("field", "value", "fragment"), [
+    ("num_attention_heads", 0, "'num_attention_heads' must be a positive integer, got 0"),
+    ("num_hidden_layers", "four", "'num_hidden_layers' must be a positive integer, got 'four'"),
+    ("hidden_size", "1e400", "'hidden_size' must be a positive integer, got inf"),
+    ("rope_scaling", "dynamic", "'rope_scaling' must be an object"),
+    ("eos_token_id", "abc", "'eos_token_id' must be a token id"),
+    ("moe_intermediate_size", ["x"], "'moe_intermediate_size' must be a positive integer"),
+    ("architectures", 5, "'architectures' must be a list"),
+    ("use_qk_norm", "false", "'use_qk_norm' must be true or false"),
+    ("rope_scaling", {"type": "dynamic", "alpha": "big"}, "'rope_scaling.alpha' must be a positive number"),
+    ("num_key_value_heads", 3, "not a multiple of 'num_key_value_heads' 3"),
+    ("quantization_config", "fp8", "'quantization_config' must be an object"),
+])
+def test_hostile_config_field_is_one_error_line(tiny_models, tmp_path, field, value, fragment):
+    model, config = hostile_copy(tiny_models, tmp_path)
+    text = json.dumps({**config, field: value})
+    if value == "1e400":  # a JSON number too large for a float: Python reads it as inf
+        text = text.replace('"1e400"', "1e400")
+    (model / "config.json").write_text(text)
+    out = tmp_path / "out"
+    assert_one_line_error(run("convert", model, "-o", out, "--quiet"), f"{model / 'config.json'}", fragment)
+    assert_one_line_error(run("inspect", model), fragment)
+    assert not out.exists()
+
+
+def write_safetensors(path, header, data: bytes) -> None:
+    blob = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + data)
+
+
+def f32(offsets, shape=(2,)):
+    return {"dtype": "F32", "shape": list(shape), "data_offsets": list(offsets)}
+
+
+@pytest.mark.parametrize(("header", "data", "fragment"), [
+    ([1, 2, 3], b"", "a JSON list, not an object"),
+    ("hello", b"", "a JSON str, not an object"),
+    ({"a": f32([-8, 0])}, bytes(8), "tensor 'a' has corrupt data_offsets [-8, 0]"),
+    ({"a": f32([8, 0])}, bytes(8), "tensor 'a' has corrupt data_offsets [8, 0]"),
+    ({"a": f32([0, 8]), "b": f32([4, 12])}, bytes(12), "tensor 'b' overlaps tensor 'a'"),
+    ({"a": f32([0, 8]), "b": f32([0, 8])}, bytes(8), "overlaps tensor"),
+    ({"a": f32([8, 16])}, bytes(16), "tensor 'a' starts at byte 8"),
+    ({"a": f32([0, 8])}, bytes(16), "8 bytes after the last tensor"),
+    ({"a": f32([0, 8])}, bytes(4), "truncated: tensor 'a' ends at byte 8"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8.0]}}, bytes(8), "corrupt data_offsets"),
+    ({"a": {"dtype": "F32", "shape": ["2"], "data_offsets": [0, 8]}}, bytes(8), "corrupt shape"),
+    ({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, bytes(8), "unsupported or corrupt dtype"),
+    ({"a": 7}, b"", "unsupported or corrupt dtype"),
+    ({"__metadata__": {"format": 1}, "a": f32([0, 8])}, bytes(8), "'__metadata__' must map strings to strings"),
+])
+def test_corrupt_safetensors_header_is_refused_like_the_library_does(tmp_path, header, data, fragment):
+    from safetensors import SafetensorError, safe_open
+
+    from hunyuan_trtllm.checkpoints.safetensors_io import read_header
+    from hunyuan_trtllm.errors import CheckpointError
+
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, header, data)
+    with pytest.raises(SafetensorError), safe_open(path, framework="pt"):  # the library refuses it too
+        pass
+    with pytest.raises(CheckpointError) as caught:
+        read_header(path)
+    assert str(caught.value).startswith(f"{path}: ") and fragment in str(caught.value), caught.value
+
+
+def test_overlapping_offsets_in_a_model_are_one_error_line(tiny_models, tmp_path):
+    model, config = hostile_copy(tiny_models, tmp_path, "dense")
+    (model / "config.json").write_text(json.dumps(config))
+    weights = model / "model.safetensors"
+    raw = weights.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    victim = "model.layers.0.input_layernorm.weight"
+    begin, end = header[victim]["data_offsets"]
+    header[victim]["data_offsets"] = [begin - 4, end - 4]  # reads 4 bytes of the tensor before it
+    weights.unlink()
+    write_safetensors(weights, header, raw[8 + size:])
+    assert_one_line_error(run("convert", model, "-o", tmp_path / "out"), str(weights), "overlaps")
+
+
+@pytest.mark.parametrize(("weight_map", "fragment"), [
+    ({"model.embed_tokens.weight": 7}, "weight_map['model.embed_tokens.weight'] is 7"),
+    ({"model.embed_tokens.weight": "../elsewhere/model.safetensors"}, "in the same directory"),
+    ([1, 2], "malformed index"),
+])
+def test_malformed_index_is_one_error_line(tiny_models, tmp_path, weight_map, fragment):
+    model, config = hostile_copy(tiny_models, tmp_path, "dense")
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert_one_line_error(run("convert", model, "-o", tmp_path / "out"), "model.safetensors.index.json", fragment)
+
+
+def test_verify_a_model_directory_says_it_is_not_a_converted_checkpoint(tiny_models):
+    result = run("verify", tiny_models["dense"], "--against", tiny_models["dense"])
+    assert_one_line_error(result, "config.json", "not a converted TensorRT-LLM checkpoint")
+
+
+def test_huge_rank_range_is_refused_before_it_is_built(tiny_models, tmp_path):
+    import time
+
+    start = time.perf_counter()
+    result = run("convert", tiny_models["dense"], "-o", tmp_path / "out", "--ranks", "0-30000000")
+    assert_one_line_error(result, "--ranks '0-30000000'", "0..0")
+    assert time.perf_counter() - start < 5  # it used to build a 30M-element set first (12 s, 2.4 GB)
+    assert not (tmp_path / "out").exists()

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -35,7 +34,17 @@ from hunyuan_trtllm import __version__
 from hunyuan_trtllm.checkpoints.fp8 import fp8_plan, quantization_config, source_scales
 from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
 from hunyuan_trtllm.checkpoints.mapping import Mapping
+from hunyuan_trtllm.checkpoints.output_dir import (
+    check_not_an_input,
+    check_replaceable,
+    human_bytes,
+    is_disk_full,
+    is_empty_dir,
+    locked_output_dir,
+    require_free_space,
+)
 from hunyuan_trtllm.checkpoints.safetensors_io import (
+    FileLayout,
     OutputEntry,
     create_partial,
     finish_partial,
@@ -54,6 +63,7 @@ from hunyuan_trtllm.checkpoints.weight_plan import (
     materialize,
     mtp_parameter_count,
 )
+from hunyuan_trtllm.checkpoints.worker_pool import run_in_workers
 from hunyuan_trtllm.errors import CheckpointError, UserError
 
 MANIFEST = "manifest.json"
@@ -143,33 +153,49 @@ def convert(
     elif kv_cache_fp8:
         raise UserError("--kv-cache-dtype fp8 goes with --dtype fp8")
     wanted = ranks if ranks is not None else list(range(mapping.world_size))
-    _prepare_output(out_dir, plan, overwrite)
-    done = [r for r in wanted if _rank_is_complete(out_dir, plan, r)]
-    todo = [r for r in wanted if r not in done]
-    _write_manifest(out_dir, src, plan)
-
-    tasks = [task for r in todo for task in _rank_tasks(out_dir, plan, r)]
-    total = sum(t.nbytes for t in tasks)
-    advance = progress(total, 0) if progress else None
-    remaining = {r: sum(1 for t in tasks if t.rank == r) for r in todo}
-    for task in _run(src.path, plan, out_dir, tasks, workers):
-        if advance:
-            advance(task.nbytes)
-        remaining[task.rank] -= 1
-        if remaining[task.rank] == 0:
-            finish_partial(rank_file(out_dir, task.rank))
-
-    complete = all(rank_file(out_dir, r).is_file() for r in range(mapping.world_size))
-    notes = list(src.spec.notes)
-    if complete and mtp == "keep":
-        total += _write_mtp_part(src, out_dir / MTP_DIR, mapping, plan.dtype, workers)
-    elif src.spec.num_mtp_layers:
-        notes.append(f"the MTP layer (model.layers.{src.spec.num_layers}, {mtp_parameter_count(src.spec):,} "
-                     "parameters) is left out of the checkpoint; --mtp keep writes it as a draft part")
-    if complete:
-        config = trtllm_config(src.spec, mapping, plan.dtype, quantization, mtp_kept=mtp == "keep")
-        write_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
-    _write_manifest(out_dir, src, plan)
+    check_not_an_input(out_dir, [src.path, *{f.resolve().parent for f in src.files}], overwrite)  # HF cache blobs
+    _check_ours(out_dir, overwrite)  # before the lock file is created in it
+    with locked_output_dir(out_dir, overwrite) as lock:
+        with lock.metadata():
+            _prepare_output(out_dir, src, plan, overwrite)
+            done = [r for r in wanted if _rank_is_complete(out_dir, plan, r)]
+            todo = [r for r in wanted if r not in done]
+            lock.lock_ranks(todo)
+            manifest = _manifest_text(out_dir, src, plan)
+            layouts = {r: _rank_layout(plan, r) for r in todo}
+            require_free_space(out_dir, sum(lay.total_size for lay in layouts.values()) + 2 * len(manifest),
+                               sum(_allocated(partial_path(rank_file(out_dir, r))) for r in todo))
+        try:
+            with lock.metadata():
+                write_atomic(out_dir / MANIFEST, manifest)
+            tasks = [task for r in todo for task in _rank_tasks(out_dir, plan, r, layouts[r])]
+            total = sum(t.nbytes for t in tasks)
+            advance = progress(total, 0) if progress else None
+            remaining = {r: sum(1 for t in tasks if t.rank == r) for r in todo}
+            for task in _run(src.path, plan, out_dir, tasks, workers):
+                if advance:
+                    advance(task.nbytes)
+                remaining[task.rank] -= 1
+                if remaining[task.rank] == 0:
+                    finish_partial(rank_file(out_dir, task.rank))
+            with lock.metadata():
+                complete = all(rank_file(out_dir, r).is_file() for r in range(mapping.world_size))
+                notes = list(src.spec.notes)
+                if complete and mtp == "keep":
+                    total += _write_mtp_part(src, out_dir / MTP_DIR, mapping, plan.dtype, workers)
+                elif src.spec.num_mtp_layers:
+                    notes.append(f"the MTP layer (model.layers.{src.spec.num_layers}, "
+                                 f"{mtp_parameter_count(src.spec):,} parameters) is left out of the checkpoint; "
+                                 "--mtp keep writes it as a draft part")
+                if complete:
+                    config = trtllm_config(src.spec, mapping, plan.dtype, quantization, mtp_kept=mtp == "keep")
+                    write_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
+                write_atomic(out_dir / MANIFEST, _manifest_text(out_dir, src, plan))
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            with lock.metadata():
+                raise _disk_full(out_dir, plan, todo) from None
     return ConvertResult(out_dir, plan, todo, done, complete, total, time.perf_counter() - start, notes)
 
 
@@ -179,7 +205,8 @@ def _write_mtp_part(src: SourceCheckpoint, mtp_dir: Path, mapping: Mapping, dtyp
     check_source(src, plan)
     shutil.rmtree(mtp_dir, ignore_errors=True)  # one layer: an interrupted part is rewritten, never resumed
     mtp_dir.mkdir()
-    tasks = [task for r in range(plan.mapping.world_size) for task in _rank_tasks(mtp_dir, plan, r)]
+    tasks = [task for r in range(plan.mapping.world_size)
+             for task in _rank_tasks(mtp_dir, plan, r, _rank_layout(plan, r))]
     remaining = {r: sum(1 for t in tasks if t.rank == r) for r in range(plan.mapping.world_size)}
     for task in _run(src.path, plan, mtp_dir, tasks, workers):
         remaining[task.rank] -= 1
@@ -198,29 +225,82 @@ def _write_mtp_part(src: SourceCheckpoint, mtp_dir: Path, mapping: Mapping, dtyp
 # ---- output directory -------------------------------------------------------------------------------------
 
 
-def _prepare_output(out_dir: Path, plan: WeightPlan, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: exists and is not a directory")
+def _is_our_conversion(out_dir: Path) -> bool:
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"{out_dir}: output directory is not writable ({exc.strerror})") from None
-    manifest = _read_manifest(out_dir)
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and str(manifest.get("tool", "")).startswith("hunyuan-trtllm") \
+        and "plan_digest" in manifest
+
+
+_OUR_FILES = re.compile(r"rank\d+\.safetensors|\.rank\d+\.safetensors\.partial|(manifest|config)\.json"
+                        r"|\.(manifest|config)\.json\.partial")
+
+
+def _check_ours(out_dir: Path, overwrite: bool) -> None:
+    """Refuse, touching nothing, a directory that holds something other than our conversion."""
     if overwrite:
-        for path in out_dir.iterdir():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        check_replaceable(out_dir, _is_our_conversion, "a conversion (manifest.json)")
+    elif out_dir.is_dir() and not (out_dir / MANIFEST).exists() and not is_empty_dir(out_dir):
+        raise UserError(f"{out_dir}: not empty and holds no conversion to resume; choose another output "
+                        "directory (--overwrite replaces only a conversion written by hunyuan-trtllm)")
+
+
+def _prepare_output(out_dir: Path, src: SourceCheckpoint, plan: WeightPlan, overwrite: bool) -> None:
+    """Decide what the directory holds: nothing, our conversion to resume, or (``--overwrite``) one to replace."""
+    _check_ours(out_dir, overwrite)
+    if overwrite:
+        for path in out_dir.iterdir():  # our files only: whatever else the user keeps here stays
+            if _OUR_FILES.fullmatch(path.name) and not path.is_dir():
+                path.unlink()
         return
+    manifest = _read_manifest(out_dir)
     if manifest is None:
-        if any(out_dir.iterdir()):
-            raise UserError(f"{out_dir}: not empty and holds no conversion to resume; pass --overwrite or use another")
         return
     if manifest.get("plan_digest") != plan.digest():
         raise UserError(f"{out_dir}: holds a conversion with different settings; pass --overwrite or use another")
+    _check_same_source(out_dir, manifest, src)
     if manifest.get("complete") and all(rank_file(out_dir, r).is_file() for r in range(plan.mapping.world_size)):
         raise UserError(f"{out_dir}: already holds a finished checkpoint; pass --overwrite to convert again")
+
+
+def _check_same_source(out_dir: Path, manifest: dict, src: SourceCheckpoint) -> None:
+    """A resumed conversion must read the very model it started from (file sizes and header hashes)."""
+    source = manifest.get("source")
+    recorded = source.get("files") if isinstance(source, dict) else None
+    current = src.fingerprint()
+    if recorded == current:
+        return
+    before = {e.get("file"): e for e in recorded if isinstance(e, dict)} if isinstance(recorded, list) else {}
+    changed = [e["file"] for e in current if before.get(e["file"]) != e]
+    changed += sorted(set(before) - {e["file"] for e in current})
+    what = f"{src.path / str(changed[0])} differs" if changed else "no source recorded"
+    raise UserError(f"{out_dir}: holds part of a conversion of a different model ({what} from what the manifest "
+                    "records); resume with the same model, or pass --overwrite to start again")
+
+
+def _allocated(path: Path) -> int:
+    """Bytes a file occupies on disk (0 when absent): what truncating or replacing it frees."""
+    try:
+        return path.stat().st_blocks * 512
+    except OSError:
+        return 0
+
+
+def _disk_full(out_dir: Path, plan: WeightPlan, todo: list[int]) -> UserError:
+    """Remove this run's partial files (and a manifest no finished rank needs); say how much space is needed."""
+    for rank in todo:
+        partial_path(rank_file(out_dir, rank)).unlink(missing_ok=True)
+    for name in (MANIFEST, "config.json"):
+        partial_path(out_dir / name).unlink(missing_ok=True)
+    if not any(rank_file(out_dir, r).is_file() for r in range(plan.mapping.world_size)):
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+    unfinished = [r for r in todo if not rank_file(out_dir, r).is_file()]
+    needed = sum(plan.rank_bytes(r) for r in unfinished)
+    return UserError(f"{out_dir}: disk full (no space left on device) while writing rank files; partial files "
+                     f"removed; the {len(unfinished)} unfinished rank(s) need {human_bytes(needed)} free: "
+                     "free up space and run the same command to resume")
 
 
 def _rank_is_complete(out_dir: Path, plan: WeightPlan, rank: int) -> bool:
@@ -246,12 +326,15 @@ def _read_manifest(out_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{path}: corrupt manifest; pass --overwrite to start again") from None
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: corrupt manifest; remove the directory or choose another output directory")
+    return manifest
 
 
-def _write_manifest(out_dir: Path, src: SourceCheckpoint, plan: WeightPlan) -> None:
+def _manifest_text(out_dir: Path, src: SourceCheckpoint, plan: WeightPlan) -> str:
     world = plan.mapping.world_size
     done = [r for r in range(world) if rank_file(out_dir, r).is_file()]
     manifest = {
@@ -268,7 +351,7 @@ def _write_manifest(out_dir: Path, src: SourceCheckpoint, plan: WeightPlan) -> N
         "rank_bytes": {f"rank{r}": plan.rank_bytes(r) for r in range(world)},
         "plan": plan.to_json(),
     }
-    write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    return json.dumps(manifest, indent=1) + "\n"
 
 
 # ---- tasks and workers ------------------------------------------------------------------------------------
@@ -285,9 +368,12 @@ class _Task:
     nbytes: int
 
 
-def _rank_tasks(out_dir: Path, plan: WeightPlan, rank: int) -> list[_Task]:
+def _rank_layout(plan: WeightPlan, rank: int) -> FileLayout:
+    return plan_file([OutputEntry(t.name, t.dtype, t.shape) for t in plan.ranks[rank]])
+
+
+def _rank_tasks(out_dir: Path, plan: WeightPlan, rank: int, layout: FileLayout) -> list[_Task]:
     tensors = plan.ranks[rank]
-    layout = plan_file([OutputEntry(t.name, t.dtype, t.shape) for t in tensors])
     create_partial(rank_file(out_dir, rank), layout)
     tasks = []
     for index, t in enumerate(tensors):
@@ -339,9 +425,5 @@ def _run(model_dir: Path, plan: WeightPlan, out_dir: Path, tasks: list[_Task], w
         finally:
             _close_worker_files()
         return
-    ctx = get_context("spawn")
-    init = (model_dir, plan, out_dir)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
-        futures = [pool.submit(_do_task, t) for t in sorted(tasks, key=lambda t: -t.nbytes)]
-        for future in as_completed(futures):
-            yield future.result()
+    ordered = sorted(tasks, key=lambda t: -t.nbytes)
+    yield from run_in_workers(workers, _do_task, ordered, _init_worker, (model_dir, plan, out_dir))

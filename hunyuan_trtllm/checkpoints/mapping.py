@@ -114,13 +114,13 @@ def parse_ranks(text: str | None, world_size: int) -> list[int]:
     if text is None:
         return list(range(world_size))
     ranks: set[int] = set()
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            ranks.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise MappingError(f"--ranks '{text}': expected a list like 0-3,6") from None
-    bad = sorted(r for r in ranks if not 0 <= r < world_size)
-    if bad or not ranks:
-        raise MappingError(f"--ranks '{text}': ranks must be in 0..{world_size - 1}")
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise MappingError(f"--ranks '{text}': expected a list like 0-3,6") from None
+        if not 0 <= first <= last < world_size:  # checked before expanding: 0-30000000 must not build a set
+            raise MappingError(f"--ranks '{text}': ranks must be in 0..{world_size - 1}, each range low-high")
+        ranks.update(range(first, last + 1))
     return sorted(ranks)

@@ -15,12 +15,14 @@ import math
 import os
 import shutil
 import struct
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from hunyuan_trtllm.checkpoints.output_dir import require_free_space
 from hunyuan_trtllm.errors import CheckpointError, UserError
 
 DTYPE_CODES: dict[torch.dtype, str] = {
@@ -92,24 +94,56 @@ def read_header(path: Path) -> FileHeader:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object "
+                              "of tensors)")
     metadata = header.pop("__metadata__", None) or {}
-    tensors: dict[str, TensorInfo] = {}
-    data_len = size - 8 - header_len
-    for name, entry in header.items():
-        try:
-            dtype = TORCH_DTYPES[entry["dtype"]]
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor '{name}' has an unsupported or corrupt header entry") from None
-        if end - begin != math.prod(shape) * dtype_size(dtype):
-            raise CheckpointError(f"{path}: tensor '{name}' byte range does not match its shape")
-        if end > data_len:
-            raise CheckpointError(
-                f"{path}: truncated: tensor '{name}' ends at byte {end} but the data section has {data_len}"
-            )
-        tensors[name] = TensorInfo(name, dtype, shape, begin, end)
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: corrupt safetensors header ('__metadata__' must map strings to strings)")
+    tensors = {name: _tensor_info(path, name, entry) for name, entry in header.items()}
+    _check_byte_ranges(path, tensors, size - 8 - header_len)
     return FileHeader(path, tensors, metadata, 8 + header_len, raw)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tensor_info(path: Path, name: str, entry: object) -> TensorInfo:
+    """One header entry, checked as the safetensors library checks it (known dtype, sizes and offsets >= 0)."""
+    fields = entry if isinstance(entry, dict) else {}
+    dtype, shape, offsets = fields.get("dtype"), fields.get("shape"), fields.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in TORCH_DTYPES:
+        raise CheckpointError(f"{path}: tensor '{name}' has an unsupported or corrupt dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
+        raise CheckpointError(f"{path}: tensor '{name}' has a corrupt shape {shape!r}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets) \
+            or offsets[0] > offsets[1]:
+        raise CheckpointError(f"{path}: tensor '{name}' has corrupt data_offsets {offsets!r} (two byte offsets, "
+                              "0 <= begin <= end)")
+    info = TensorInfo(name, TORCH_DTYPES[dtype], tuple(shape), offsets[0], offsets[1])
+    if info.nbytes != math.prod(shape) * dtype_size(info.dtype):
+        raise CheckpointError(f"{path}: tensor '{name}' byte range does not match its shape")
+    return info
+
+
+def _check_byte_ranges(path: Path, tensors: dict[str, TensorInfo], data_len: int) -> None:
+    """Tensors tile the data section exactly, in offset order: no overlap, no gap, nothing after (the rules of the
+    safetensors library, which refuses every file this refuses; it cannot give us the offsets we pread from)."""
+    cursor, previous = 0, None
+    for info in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
+        if info.end > data_len:
+            raise CheckpointError(
+                f"{path}: truncated: tensor '{info.name}' ends at byte {info.end} but the data section has {data_len}"
+            )
+        if info.begin < cursor:
+            raise CheckpointError(f"{path}: tensor '{info.name}' overlaps tensor '{previous}' (data_offsets)")
+        if info.begin > cursor:
+            raise CheckpointError(f"{path}: tensor '{info.name}' starts at byte {info.begin}, leaving bytes "
+                                  f"{cursor}..{info.begin} unaccounted for (data_offsets)")
+        cursor, previous = info.end, info.name
+    if cursor != data_len:
+        raise CheckpointError(f"{path}: {data_len - cursor} bytes after the last tensor (corrupt data_offsets)")
 
 
 def pread_exact(fd: int, buf: bytearray, offset: int, what: str) -> None:
@@ -186,17 +220,14 @@ def check_new_output_dir(out_dir: Path, nbytes: int) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"{out_dir}: already exists and is not empty; choose a new output directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if shutil.disk_usage(out_dir.parent).free < nbytes * 1.05:
-        raise UserError(f"{out_dir.parent}: not enough free disk space for {nbytes / 2**30:.1f} GiB of weights")
+    require_free_space(out_dir.parent, int(nbytes * 1.05))
 
 
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: Path, tag: str) -> Iterator[Path]:
     """A sibling temp directory to build in; it replaces the (empty) ``out_dir`` when the block succeeds and is
     removed when it fails, so a half-built directory never appears under ``out_dir``'s name."""
-    tmp = out_dir.with_name(f".{out_dir.name}.{tag}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{tag}-", dir=out_dir.parent))  # new: never someone else's
     try:
         yield tmp
         if out_dir.exists():

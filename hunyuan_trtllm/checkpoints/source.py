@@ -19,6 +19,7 @@ only those bytes (``pread`` of the rows it needs; columns are cut from those row
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from hunyuan_trtllm.checkpoints.spec import ModelSpec, load_config, parse_spec
 from hunyuan_trtllm.errors import CheckpointError, UserError
 
 Range = tuple[int, int]
+SAMPLES, SAMPLE_BYTES = 8, 64 * 1024  # weight bytes hashed per file for the manifest's fingerprint
 HF_ALLOW_PATTERNS = ["*.json", "*.safetensors", "hy.tiktoken", "tokenizer*", "*.txt", "Notice*", "LICENSE*"]
 
 
@@ -93,9 +95,10 @@ class SourceCheckpoint:
                 self.tensors.setdefault(name, (file, info))
         self._check_index()
         self._fds: dict[Path, int] = {}
-        self.fp8 = _is_fp8(self.config, path)
+        self._fingerprint: list[dict[str, object]] | None = None
         # The fused-qkv layout needs head counts, so the config's spec is used until shapes are reconciled.
         self.spec: ModelSpec = parse_spec(self.config, str(path / "config.json"))
+        self.fp8 = _is_fp8(self.config, path)
         self.spec = _reconcile(self.spec, self)
 
     # ---- logical reads ------------------------------------------------------------------------------------
@@ -198,26 +201,46 @@ class SourceCheckpoint:
         index_file = self.path / "model.safetensors.index.json"
         if not index_file.is_file():
             return
-        try:
-            weight_map: dict[str, str] = json.loads(index_file.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise CheckpointError(f"{index_file}: malformed index (expected a 'weight_map' object)") from None
-        for name, file in weight_map.items():
+        for name, file in load_weight_map(index_file).items():
             if name not in self.tensors:
                 raise CheckpointError(f"{self.path / file}: missing (listed in {index_file.name} for '{name}')")
 
     def fingerprint(self) -> list[dict[str, object]]:
-        """Source files with sizes and header hashes, for the manifest (hashing headers, not 100s of GB)."""
-        import hashlib
+        """Source files with sizes, header hashes and a hash of sampled weight bytes, for the manifest.
 
-        entries = []
-        for name in ["config.json", *sorted(f.name for f in self.files)]:
-            file = self.path / name
-            header = self.headers.get(file)
-            digest = hashlib.sha256(header.raw if header else file.read_bytes()).hexdigest()
-            key = "header_sha256" if header else "sha256"
-            entries.append({"file": name, "bytes": file.stat().st_size, key: digest})
-        return entries
+        Hashing headers (not 100s of GB) tells apart files with different tensors; the sampled bytes (64 KiB at
+        each of 8 places in the data section) tell apart two models with the same shapes, which a resumed
+        conversion must not mix.
+        """
+        if self._fingerprint is None:
+            entries: list[dict[str, object]] = []
+            for name in ["config.json", *sorted(f.name for f in self.files)]:
+                file = self.path / name
+                header = self.headers.get(file)
+                entry: dict[str, object] = {"file": name, "bytes": file.stat().st_size}
+                if header is None:
+                    entry["sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
+                else:
+                    entry["header_sha256"] = hashlib.sha256(header.raw).hexdigest()
+                    entry["sample_sha256"] = self._sample_digest(header, entry["bytes"])  # type: ignore[arg-type]
+                entries.append(entry)
+            self._fingerprint = entries
+        return self._fingerprint
+
+    def _sample_digest(self, header: FileHeader, size: int) -> str:
+        digest = hashlib.sha256()
+        data = size - header.data_start
+        chunk = min(SAMPLE_BYTES, data)
+        fd = os.open(header.path, os.O_RDONLY)
+        try:
+            for i in range(SAMPLES):
+                buf = bytearray(chunk)
+                offset = header.data_start + (data - chunk) * i // max(SAMPLES - 1, 1)
+                pread_exact(fd, buf, offset, f"{header.path}")
+                digest.update(buf)
+        finally:
+            os.close(fd)
+        return digest.hexdigest()
 
 
 def open_source(model: str | os.PathLike[str]) -> SourceCheckpoint:
@@ -323,13 +346,26 @@ _FUSED_RULES: list[Callable[[SourceCheckpoint, Read], list[PhysicalRead] | None]
 # ---- files and reconciliation -------------------------------------------------------------------------------
 
 
+def load_weight_map(index_file: Path) -> dict[str, str]:
+    """``weight_map`` of a ``model.safetensors.index.json``: tensor name -> shard file in the same directory."""
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        index = None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_file}: malformed index (expected a 'weight_map' object)")
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or Path(file).name != file or not file.endswith(".safetensors"):
+            raise CheckpointError(f"{index_file}: weight_map['{name}'] is {file!r}; expected the name of a "
+                                  ".safetensors shard in the same directory")
+    return weight_map
+
+
 def _find_weight_files(path: Path) -> list[Path]:
     index_file = path / "model.safetensors.index.json"
     if index_file.is_file():
-        try:
-            names = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise CheckpointError(f"{index_file}: malformed index (expected a 'weight_map' object)") from None
+        names = sorted(set(load_weight_map(index_file).values()))
         missing = [n for n in names if not (path / n).is_file()]
         if missing:
             raise CheckpointError(f"{path / missing[0]}: shard listed in {index_file.name} is missing")

@@ -21,6 +21,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from hunyuan_trtllm.checkpoints.config_checks import check_config_fields
 from hunyuan_trtllm.errors import ConfigError
 
 MOE_V1 = "HunYuanMoEV1ForCausalLM"  # Hunyuan-A13B
@@ -151,6 +152,7 @@ def load_config(path: Path) -> dict[str, Any]:
 
 def parse_spec(cfg: dict[str, Any], where: str = "config.json") -> ModelSpec:
     """Parse a Hunyuan config (any dialect) into a :class:`ModelSpec`."""
+    check_config_fields(cfg, where)
     architecture = _architecture(cfg, where)
     if architecture == HYV3:
         from hunyuan_trtllm.checkpoints.spec_hy3 import parse_hy3_spec

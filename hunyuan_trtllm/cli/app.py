@@ -6,9 +6,12 @@ the other way round.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import click
@@ -42,6 +45,12 @@ class HunyuanGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}disk full ({exc.strerror}); free up space and run the command again", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=HunyuanGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -59,8 +68,11 @@ def cli() -> None:
     """
 
 
-def byte_progress(label: str, quiet: bool) -> tuple[Progress | None, Callable[[int, int], Callable[[int], None]]]:
-    """A rich progress bar in bytes with GB/s, and the callback factory the converter expects."""
+def byte_progress(label: str, quiet: bool) -> tuple[AbstractContextManager[Progress] | None,
+                                                   Callable[[int, int], Callable[[int], None]]]:
+    """A rich progress bar in bytes with GB/s, and the callback factory the converter expects.
+
+    The bar appears when the work starts, so an error before that is one line with no empty bar above it."""
     progress = None if quiet else Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -74,10 +86,20 @@ def byte_progress(label: str, quiet: bool) -> tuple[Progress | None, Callable[[i
     def start(total: int, done: int) -> Callable[[int], None]:
         if progress is None:
             return lambda n: None
+        progress.start()
         task = progress.add_task(label, total=total, completed=done)
         return lambda n: progress.advance(task, n)
 
-    return progress, start
+    return (None if progress is None else _stopped_after(progress)), start
+
+
+@contextlib.contextmanager
+def _stopped_after(progress: Progress) -> Iterator[Progress]:
+    try:
+        yield progress
+    finally:
+        if progress.live.is_started:  # stop() prints an empty line even when the bar never appeared
+            progress.stop()
 
 
 def print_table(title: str, rows: list[tuple[str, Any]]) -> None:

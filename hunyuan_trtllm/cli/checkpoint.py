@@ -128,6 +128,7 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv
     mapping = Mapping(tp=tp, pp=pp, moe_ep=ep)
     if workers < 1:
         raise UserError("--workers must be at least 1")
+    wanted = parse_ranks(ranks, mapping.world_size)
     scales = None
     if dtype == "fp8":
         from hunyuan_trtllm.checkpoints.source import open_source
@@ -140,7 +141,7 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv
     try:
         with progress or contextlib.nullcontext():
             result = run_convert(model, out_dir, mapping, dtype=dtype, workers=workers,
-                                 ranks=parse_ranks(ranks, mapping.world_size), overwrite=overwrite, progress=start,
+                                 ranks=wanted, overwrite=overwrite, progress=start,
                                  scales=scales, kv_cache_fp8=kv_cache_dtype == "fp8", mtp=mtp)
     except KeyboardInterrupt:
         console.print("finished rank files are kept, partial ones are not; run the same command to resume")

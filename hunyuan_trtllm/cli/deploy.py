@@ -66,6 +66,11 @@ def _options(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
+def _inputs(params: dict[str, Any]) -> list[Path]:
+    """Local files the deployment is made from (the plan file, a model directory): -o must not hold them."""
+    return [Path(p) for p in (params["plan_or_model"], params["model"]) if p and Path(p).exists()]
+
+
 def _plan(plan_or_model: str | None, flags: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """(the plan, where it came from): a plan JSON file, or ``make_plan`` on the plan flags."""
     from hunyuan_trtllm.deploy.spec import load_plan
@@ -140,7 +145,7 @@ def compose(**params: Any) -> None:
 
     spec = _spec(params)
     files = compose_files(spec, params["build_context"])
-    out = write_output_dir(params["out"], files, params["overwrite"])
+    out = write_output_dir(params["out"], files, params["overwrite"], _inputs(params))
     _report("compose", spec, out, sorted(files), f"cd {out} && docker compose up -d", params["as_json"])
 
 
@@ -165,7 +170,7 @@ def k8s(**params: Any) -> None:
 
     spec = _spec(params)
     files = k8s_files(spec, params["storage"], params["storage_class"])
-    out = write_output_dir(params["out"], files, params["overwrite"])
+    out = write_output_dir(params["out"], files, params["overwrite"], _inputs(params))
     _report("k8s", spec, out, sorted(files), f"kubectl apply -f {out}", params["as_json"])
 
 

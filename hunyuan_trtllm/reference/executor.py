@@ -67,6 +67,30 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+_REQUIRED = {"architecture": str, "dtype": str, "vocab_size": int, "num_hidden_layers": int,
+             "num_attention_heads": int, "num_key_value_heads": int, "head_size": int, "norm_epsilon": (int, float),
+             "rotary_base": (int, float)}
+
+
+def _converted_config(path: Path) -> dict:
+    """config.json of a converted checkpoint; an HF model directory or a damaged file is one clear error."""
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: not valid JSON") from None
+    mapping = cfg.get("mapping") if isinstance(cfg, dict) else None
+    if not isinstance(mapping, dict):
+        raise CheckpointError(f"{path}: not a converted TensorRT-LLM checkpoint (no 'mapping'; is this the Hugging "
+                              "Face model? verify takes the output of `hunyuan-trtllm convert`)")
+    fields = [(key, cfg.get(key), kind) for key, kind in _REQUIRED.items()]
+    fields += [(f"mapping.{key}", mapping.get(key), int) for key in ("tp_size", "pp_size", "moe_ep_size")]
+    for key, value, kind in fields:
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(f"{path}: field '{key}' is missing or of the wrong type (not a checkpoint written "
+                                  "by `hunyuan-trtllm convert`?)")
+    return cfg
+
+
 class ReferenceExecutor:
     """Execute a converted checkpoint directory on CPU in float32."""
 
@@ -75,7 +99,7 @@ class ReferenceExecutor:
         config_path = ckpt_dir / "config.json"
         if not config_path.is_file():
             raise CheckpointError(f"{ckpt_dir}: no config.json (not a converted checkpoint, or conversion unfinished)")
-        self.config = cfg = json.loads(config_path.read_text())
+        self.config = cfg = _converted_config(config_path)
         m = cfg["mapping"]
         self.mapping = Mapping(tp=m["tp_size"], pp=m["pp_size"], moe_ep=m["moe_ep_size"])
         self.n_layers = cfg["num_hidden_layers"]

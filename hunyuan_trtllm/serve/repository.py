@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 import yaml
 
 from hunyuan_trtllm import __version__
+from hunyuan_trtllm.checkpoints.output_dir import check_not_an_input, check_replaceable
 from hunyuan_trtllm.checkpoints.spec import load_config
 from hunyuan_trtllm.errors import ConfigError, UserError
 from hunyuan_trtllm.serve import triton_configs as cfg
@@ -284,9 +286,11 @@ def write_triton_repo(source: Path, out: Path, flavor: str, max_batch_size: int 
     source, out = Path(source).resolve(), Path(out).resolve()
     if not source.is_dir():
         raise UserError(f"{source}: not a directory")
+    options = options or RepoOptions()
+    check_not_an_input(out, [source, options.tokenizer_dir], overwrite)
     if out.exists() and not overwrite:
         raise UserError(f"{out}: already exists (pass overwrite to replace it)")
-    options = options or RepoOptions()
+    check_replaceable(out, _is_our_repo, "a Triton repository (repo.json)")
     files, launch = _BUILDERS[flavor](source, max_batch_size, streaming, options)
     meta = {"flavor": flavor, "source": str(source), "streaming": streaming, **launch,
             "generator": f"hunyuan-trtllm {__version__}"}
@@ -294,15 +298,22 @@ def write_triton_repo(source: Path, out: Path, flavor: str, max_batch_size: int 
     return out
 
 
+def _is_our_repo(path: Path) -> bool:
+    try:
+        meta = json.loads((path / "repo.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and str(meta.get("generator", "")).startswith("hunyuan-trtllm")
+
+
 def _write_atomically(out: Path, files: RepoFiles, meta: dict[str, Any]) -> None:
     """Write into a sibling temp dir, validate, then swap it in place of ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))  # new: never someone else's
+    old = tmp.with_name(tmp.name.replace(".partial-", ".old-", 1))
     try:
         for model, model_files in files.items():
-            (tmp / model / "1").mkdir(parents=True)
+            (tmp / model / "1").mkdir(parents=True, exist_ok=True)
             for rel, text in model_files.items():
                 (tmp / model / rel).write_text(text, encoding="utf-8")
         (tmp / "repo.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
