@@ -129,16 +129,21 @@ def convert(
     todo = [r for r in wanted if r not in done]
     _write_manifest(out_dir, src, plan)
 
-    tasks = [task for r in todo for task in _rank_tasks(out_dir, plan, r)]
-    total = sum(t.nbytes for t in tasks)
-    advance = progress(total, 0) if progress else None
-    remaining = {r: sum(1 for t in tasks if t.rank == r) for r in todo}
-    for task in _run(src.path, plan, out_dir, tasks, workers):
-        if advance:
-            advance(task.nbytes)
-        remaining[task.rank] -= 1
-        if remaining[task.rank] == 0:
-            finish_partial(rank_file(out_dir, task.rank))
+    try:
+        tasks = [task for r in todo for task in _rank_tasks(out_dir, plan, r)]
+        total = sum(t.nbytes for t in tasks)
+        advance = progress(total, 0) if progress else None
+        remaining = {r: sum(1 for t in tasks if t.rank == r) for r in todo}
+        for task in _run(src.path, plan, out_dir, tasks, workers):
+            if advance:
+                advance(task.nbytes)
+            remaining[task.rank] -= 1
+            if remaining[task.rank] == 0:
+                finish_partial(rank_file(out_dir, task.rank))
+    except KeyboardInterrupt:  # Ctrl-C: keep finished ranks (renamed already), drop this run's partial files
+        for rank in todo:
+            partial_path(rank_file(out_dir, rank)).unlink(missing_ok=True)
+        raise
 
     complete = all(rank_file(out_dir, r).is_file() for r in range(mapping.world_size))
     if complete:

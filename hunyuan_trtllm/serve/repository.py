@@ -285,7 +285,7 @@ def write_triton_repo(source: Path, out: Path, flavor: str, max_batch_size: int 
     if not source.is_dir():
         raise UserError(f"{source}: not a directory")
     if out.exists() and not overwrite:
-        raise UserError(f"{out}: already exists (pass overwrite to replace it)")
+        raise UserError(f"{out}: already exists (pass --overwrite to replace it)")
     options = options or RepoOptions()
     files, launch = _BUILDERS[flavor](source, max_batch_size, streaming, options)
     meta = {"flavor": flavor, "source": str(source), "streaming": streaming, **launch,
