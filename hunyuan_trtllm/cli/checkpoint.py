@@ -130,7 +130,7 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv
         "mapping": mapping.to_dict(), "kv_cache_dtype": kv_cache_dtype,
         "dtype": "fp8" if dtype == "fp8" else str(result.plan.dtype).removeprefix("torch."),
         "converted_ranks": result.converted_ranks, "skipped_ranks": result.skipped_ranks,
-        "bytes_written": result.bytes_written, "seconds": round(result.seconds, 3), "gb_per_s": round(speed, 3),
+        "bytes_written": result.bytes_written, "seconds": round(result.seconds, 3), "gb_per_s": float(f"{speed:.3g}"),
         "notes": result.notes,
     }
     if as_json:
@@ -274,15 +274,14 @@ def demo(work_dir: Path | None) -> None:
         base = Path(base)
         model, ckpt = base / "hunyuan-a13b-tiny", base / "trtllm-ckpt-tp2-ep2"
         if not model.exists():
-            console.print("[bold]1/4 synth[/] a tiny Hunyuan-A13B in Tencent's format (random weights; the output "
-                          "head writes whole characters only)")
+            console.print("[bold]1/4 synth[/] a tiny random Hunyuan-A13B in Tencent's format (whole-character head)")
             synth_checkpoint(model, "a13b", preset="tiny", dtype="float32", whole_char_head=True)
         console.print("[bold]2/4 convert[/] to TensorRT-LLM at TP2 x EP2 (float32)")
         run_convert(model, ckpt, Mapping(tp=2, moe_ep=2), dtype="float32", overwrite=True)
         console.print("[bold]3/4 verify[/] reference executor on the rank files vs an independent reference")
         report = run_verify(ckpt, str(model))
         print_verify_table(report)
-        console.print("[bold]4/4 serve[/] reference repository -> Triton (CPU) -> OpenAI endpoint; one chat request")
+        console.print("[bold]4/4 serve[/]: reference repository -> Triton (CPU) -> OpenAI endpoint, 1 request")
         _demo_chat(ckpt, model)
         if work_dir:
             console.print(f"files kept in {os.fspath(work_dir)}")

@@ -21,6 +21,7 @@ and the random model's answer reads as (meaningless) text instead of U+FFFD.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -339,8 +340,10 @@ def _write_weights(
 # ---- tokenizer files ----------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=2)
 def _tokenizer_ranks(num_ranks: int) -> dict[bytes, int]:
-    """The BPE ranks of ``hy.tiktoken``: the toy BPE of the tiny corpus, filled up to ``num_ranks``."""
+    """The BPE ranks of ``hy.tiktoken``: the toy BPE of the tiny corpus, filled up to ``num_ranks`` (cached: the
+    whole-character head needs them before the tokenizer is written; callers do not modify them)."""
     ranks = train_tiny_bpe(tiny_corpus(), min(num_ranks, TINY_RANKS))
     return filled_ranks(ranks, num_ranks) if num_ranks > TINY_RANKS else ranks
 
