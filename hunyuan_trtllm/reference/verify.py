@@ -132,7 +132,7 @@ def check_same_architecture(ckpt_dir: Path, config: dict, model: str, spec: Mode
         return cfg
 
     differ = [f"{key} {field(config, key)} vs {field(expected, key)}" for key in ARCHITECTURE_FIELDS
-              if field(config, key) != field(expected, key)]
+              if field(config, key) is not None and field(config, key) != field(expected, key)]
     if differ:
         raise UserError(f"{ckpt_dir} was not converted from {model}: the architectures differ "
                         f"({'; '.join(differ)}; checkpoint vs model); pass --against the model it was converted from")
@@ -187,7 +187,7 @@ def verify(
     if reference == "transformers":
         expected = transformers_logits(src.path, src.spec, list(prompts.values()), dtype=dtype)
         label = "transformers (hunyuan_v1_moe/hunyuan_v1_dense)"
-    elif reference == "plain":
+    else:  # plain
 
         def get(name: str) -> torch.Tensor:
             return src.get(name).to(dtype).float()
