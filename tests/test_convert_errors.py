@@ -142,7 +142,7 @@ def test_interrupted_conversion_never_looks_complete_and_resumes(tiny_models, tm
     with pytest.raises(KeyboardInterrupt):
         convert(tiny_models["a13b"], out, Mapping(tp=2, moe_ep=2), dtype="float32")
     assert (out / "rank0.safetensors").is_file()
-    assert not (out / "rank1.safetensors").exists() and (out / ".rank1.safetensors.partial").exists()
+    assert not (out / "rank1.safetensors").exists() and not (out / ".rank1.safetensors.partial").exists()
     assert not (out / "config.json").exists()
     assert json.loads((out / "manifest.json").read_text())["complete"] is False
 

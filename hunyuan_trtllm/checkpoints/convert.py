@@ -196,6 +196,10 @@ def convert(
                 raise
             with lock.metadata():
                 raise _disk_full(out_dir, plan, todo) from None
+        except KeyboardInterrupt:  # Ctrl-C: keep finished ranks (renamed already), drop this run's partial files
+            for rank in todo:
+                partial_path(rank_file(out_dir, rank)).unlink(missing_ok=True)
+            raise
     return ConvertResult(out_dir, plan, todo, done, complete, total, time.perf_counter() - start, notes)
 
 

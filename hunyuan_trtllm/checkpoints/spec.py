@@ -230,6 +230,13 @@ def parse_spec(cfg: dict[str, Any], where: str = "config.json") -> ModelSpec:
 
 
 def _architecture(cfg: dict[str, Any], where: str) -> str:
+    if "build_config" in cfg and "pretrained_config" in cfg:
+        raise ConfigError(f"{where}: TensorRT-LLM engines (written by hunyuan-trtllm build), not a Hugging Face "
+                          "model; give the Hugging Face model they were built from")
+    if "mapping" in cfg and "architecture" in cfg:
+        raise ConfigError(f"{where}: a TensorRT-LLM checkpoint (written by hunyuan-trtllm convert), not a Hugging "
+                          "Face model; give the Hugging Face model it was converted from (its manifest.json "
+                          "names it)")
     archs = cfg.get("architectures") or []
     model_type = cfg.get("model_type")
     arch = archs[0] if archs else _ARCH_BY_MODEL_TYPE.get(str(model_type))

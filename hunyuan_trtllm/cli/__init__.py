@@ -23,5 +23,5 @@ __all__ = ["cli", "main"]
 
 
 def main() -> None:
-    """Entry point of the ``hunyuan-trtllm`` console script."""
-    cli()
+    """Entry point of the ``hunyuan-trtllm`` console script (also ``python -m hunyuan_trtllm``)."""
+    cli(prog_name="hunyuan-trtllm")

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hunyuan_trtllm.builder.build_config import DEFAULT_MAX_BATCH_SIZE
-from hunyuan_trtllm.cli.app import cli, console, print_json, print_table, stdout
+from hunyuan_trtllm.cli.app import cli, console, print_json, print_rich_table, print_table, stdout
 from hunyuan_trtllm.errors import UserError
 
 if TYPE_CHECKING:  # torch loads only when a build runs
@@ -186,4 +186,4 @@ def print_plan(plan: BuildPlan, title: str) -> None:
     for r in plan.ranks:
         table.add_row(str(r.rank), f"cuda:{r.device}", str(r.tp_rank), str(r.moe_ep_rank), str(r.pp_rank),
                       size(r.weight_bytes))
-    stdout.print(table)
+    print_rich_table(table)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hunyuan_trtllm.cli.app import byte_progress, cli, console, print_json, print_table, stdout
+from hunyuan_trtllm.cli.app import ByteProgress, cli, console, print_json, print_rich_table, print_table, stdout
 from hunyuan_trtllm.cli.fp8_options import calibration_options, resolve_scales
 from hunyuan_trtllm.errors import UserError
 
@@ -137,21 +137,23 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv
                                 calib_device, scales_file)
         if save_scales and scales is not None:
             scales.save(save_scales)
-    progress, start = byte_progress("convert", quiet or as_json)
     try:
-        with progress or contextlib.nullcontext():
+        with ByteProgress("convert", quiet or as_json) as bar:
             result = run_convert(model, out_dir, mapping, dtype=dtype, workers=workers,
-                                 ranks=wanted, overwrite=overwrite, progress=start,
+                                 ranks=wanted, overwrite=overwrite, progress=bar.start,
                                  scales=scales, kv_cache_fp8=kv_cache_dtype == "fp8", mtp=mtp)
+            speed = result.bytes_written / max(result.seconds, 1e-9) / GB
+            bar.finish(speed * GB)
     except KeyboardInterrupt:
-        console.print("finished rank files are kept, partial ones are not; run the same command to resume")
+        console.print("interrupted: finished rank files are kept, partial ones were removed; run the same command "
+                      "to resume")
         raise
-    speed = result.bytes_written / max(result.seconds, 1e-9) / GB
     summary = {
         "output": str(result.out_dir), "complete": result.complete, "world_size": mapping.world_size,
-        "mapping": mapping.to_dict(), "dtype": str(result.plan.dtype).removeprefix("torch."),
+        "mapping": mapping.to_dict(), "kv_cache_dtype": kv_cache_dtype,
+        "dtype": "fp8" if dtype == "fp8" else str(result.plan.dtype).removeprefix("torch."),
         "converted_ranks": result.converted_ranks, "skipped_ranks": result.skipped_ranks,
-        "bytes_written": result.bytes_written, "seconds": round(result.seconds, 3), "gb_per_s": round(speed, 3),
+        "bytes_written": result.bytes_written, "seconds": round(result.seconds, 3), "gb_per_s": float(f"{speed:.3g}"),
         "notes": result.notes,
     }
     if as_json:
@@ -161,11 +163,21 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv
         console.print(f"[yellow]note:[/] {note}")
     print_table("convert", [
         ("output", result.out_dir), ("layout", f"tp {tp} (moe_tp {mapping.moe_tp} x ep {ep}), pp {pp}"),
-        ("dtype", summary["dtype"]), ("ranks written", result.converted_ranks or "none"),
+        ("dtype", _dtype_label(result.plan.dtype, dtype, kv_cache_dtype)),
+        ("ranks written", result.converted_ranks or "none"),
         ("ranks already done", result.skipped_ranks or "none"),
-        ("bytes", f"{result.bytes_written / GB:.3f} GB in {result.seconds:.1f} s ({speed:.2f} GB/s)"),
+        ("bytes", f"{result.bytes_written / GB:.3f} GB in {result.seconds:.1f} s ({speed:.3g} GB/s)"),
         ("complete", "yes (config.json written)" if result.complete else "no: other ranks still missing"),
     ])
+
+
+def _dtype_label(plan_dtype: object, requested: str, kv_cache_dtype: str) -> str:
+    """What the checkpoint holds: ``bfloat16``, or ``fp8`` (+ the FP8 KV cache) with its unquantized dtype."""
+    name = str(plan_dtype).removeprefix("torch.")
+    if requested != "fp8":
+        return name
+    kv = ", FP8 KV cache" if kv_cache_dtype == "fp8" else ""
+    return f"fp8 (per-tensor FP8 linears{kv}; router, embeddings, norms in {name})"
 
 
 @cli.command()
@@ -176,8 +188,9 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
               help="JSON token-id prompts ({name: [ids]}); default: built-in prompts.")
 @click.option("--atol", type=float, default=None, help="Max |logit diff| allowed (default depends on dtype).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
-def verify(ckpt: Path, model: str, reference: str, prompts_file: Path | None, atol: float | None,
+def verify(ckpt: Path, model: str, reference: str, prompts_file: Path | None, atol: float | None, quiet: bool,
            as_json: bool) -> None:
     """Compare the converted CKPT's logits with an independent reference; exit 1 beyond tolerance.
 
@@ -187,15 +200,29 @@ def verify(ckpt: Path, model: str, reference: str, prompts_file: Path | None, at
       hunyuan-trtllm verify ckpt --against ./Hunyuan-Large --reference plain --json
     """
     from hunyuan_trtllm.reference.verify import load_prompts
-    from hunyuan_trtllm.reference.verify import verify as run_verify
 
-    report = run_verify(ckpt, model, load_prompts(prompts_file), reference=reference, atol=atol)
+    report = _verify_with_progress(ckpt, model, load_prompts(prompts_file), reference, atol, quiet or as_json)
     if as_json:
         print_json(report.to_json())
     else:
         print_verify_table(report)
     if not report.passed:
         raise SystemExit(1)
+
+
+def _verify_with_progress(ckpt: Path, model: str, prompts: dict[str, list[int]] | None, reference: str,
+                          atol: float | None, quiet: bool):
+    """:func:`hunyuan_trtllm.reference.verify.verify` with a bar in bytes and GB/s over the checkpoint's layers."""
+    from hunyuan_trtllm.reference.verify import verify as run_verify
+
+    def stage(text: str) -> None:
+        if not quiet:
+            console.print(text)
+
+    with ByteProgress("verify", quiet) as bar:
+        report = run_verify(ckpt, model, prompts, reference=reference, atol=atol, progress=bar.start, stage=stage)
+        bar.finish(report.checkpoint_bytes_per_s)
+    return report
 
 
 def print_verify_table(report) -> None:
@@ -207,16 +234,16 @@ def print_verify_table(report) -> None:
     for p in report.prompts:
         table.add_row(p.prompt, str(p.tokens), f"{p.max_abs:.2e}", f"{p.max_rel:.2e}", f"{p.min_cosine:.5f}",
                       f"{p.top1_agreement:.1%}")
-    stdout.print(table)
+    print_rich_table(table)
     verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
     if report.quantization:
         bar = f"{report.quantization}: min cosine {report.min_cosine:.4f} vs required {report.min_cosine_required}"
     else:
         bar = f"dtype {report.dtype}; max abs {report.max_abs:.2e} vs tolerance {report.atol:g}"
     stdout.print(f"reference: {report.reference}; {bar}; top-1 {report.top1_agreement:.1%}: {verdict}")
-    speed = report.checkpoint_gb_read / report.seconds if report.seconds else 0.0
     stdout.print(f"{sum(p.tokens for p in report.prompts)} tokens, layer by layer: {report.checkpoint_gb_read:.3f} GB "
-                 f"of checkpoint read in {report.seconds:.1f} s ({speed:.2f} GB/s, reference included)")
+                 f"of checkpoint read in {report.checkpoint_seconds:.1f} s "
+                 f"({report.checkpoint_bytes_per_s / GB:.3g} GB/s); {report.seconds:.1f} s with the reference")
 
 
 @cli.command()
@@ -229,9 +256,12 @@ def print_verify_table(report) -> None:
               help="Stored dtype (default: float32 tiny, bfloat16 full-width).")
 @click.option("--fused", is_flag=True, help="Store the older fused qkv_proj / gate_and_up_proj layout.")
 @click.option("--fp8", is_flag=True, help="Tencent's per-tensor static FP8 release format (Hy3-FP8's for hy3).")
+@click.option("--whole-char-head", is_flag=True,
+              help="Zero the output-head rows of byte pieces and special tokens, so greedy decoding writes whole "
+                   "characters (the demo's model).")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory.")
 def synth(arch: str, preset: str, layers: int | None, seed: int, dtype: str | None, fused: bool, fp8: bool,
-          out_dir: Path) -> None:
+          whole_char_head: bool, out_dir: Path) -> None:
     """Write a random checkpoint in Tencent's exact format (config, safetensors, hy.tiktoken tokenizer).
 
     \b
@@ -240,6 +270,7 @@ def synth(arch: str, preset: str, layers: int | None, seed: int, dtype: str | No
       hunyuan-trtllm synth --arch large --preset full-width --layers 2 -o large-2l
       hunyuan-trtllm synth --arch hy3 -o tiny-hy3                  # with its MTP layer, float32 expert bias
       hunyuan-trtllm synth --arch hy3 --fp8 -o tiny-hy3-fp8        # Tencent's Hy3-FP8 format
+      hunyuan-trtllm synth --arch a13b --whole-char-head -o demo-a13b   # the demo's model
     """
     from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
 
@@ -252,7 +283,7 @@ def synth(arch: str, preset: str, layers: int | None, seed: int, dtype: str | No
         console.print(f"wrote an FP8 {arch} ({preset}) in Tencent's FP8 release format to {out_dir}")
         return
     spec = synth_checkpoint(out_dir, arch, preset=preset, layers=layers, seed=seed, dtype=dtype, fused=fused,
-                            progress=True)
+                            progress=True, whole_char_head=whole_char_head)
     console.print(f"wrote {spec.architecture} ({spec.num_layers} layers, hidden {spec.hidden_size}) to {out_dir}")
 
 
@@ -277,14 +308,14 @@ def demo(work_dir: Path | None) -> None:
         base = Path(base)
         model, ckpt = base / "hunyuan-a13b-tiny", base / "trtllm-ckpt-tp2-ep2"
         if not model.exists():
-            console.print("[bold]1/4 synth[/] a tiny Hunyuan-A13B in Tencent's format")
-            synth_checkpoint(model, "a13b", preset="tiny", dtype="float32")
+            console.print("[bold]1/4 synth[/] a tiny random Hunyuan-A13B in Tencent's format (whole-character head)")
+            synth_checkpoint(model, "a13b", preset="tiny", dtype="float32", whole_char_head=True)
         console.print("[bold]2/4 convert[/] to TensorRT-LLM at TP2 x EP2 (float32)")
         run_convert(model, ckpt, Mapping(tp=2, moe_ep=2), dtype="float32", overwrite=True)
         console.print("[bold]3/4 verify[/] reference executor on the rank files vs an independent reference")
         report = run_verify(ckpt, str(model))
         print_verify_table(report)
-        console.print("[bold]4/4 serve[/] reference repository -> Triton (CPU) -> OpenAI endpoint; one chat request")
+        console.print("[bold]4/4 serve[/]: reference repository -> Triton (CPU) -> OpenAI endpoint, 1 request")
         _demo_chat(ckpt, model)
         if work_dir:
             console.print(f"files kept in {os.fspath(work_dir)}")
@@ -317,7 +348,7 @@ def _demo_chat(ckpt: Path, model: Path) -> None:
         with urllib.request.urlopen(post, timeout=120) as response:
             reply = json.loads(response.read())
     message = reply["choices"][0]["message"]
-    print_table(f"POST {endpoint.url}/v1/chat/completions (random weights: the words mean nothing)", [
+    print_table(f"POST {endpoint.url}/v1/chat/completions (random weights: real words, no meaning)", [
         ("request", request["messages"][0]["content"]),
         ("reasoning_content", repr(message.get("reasoning_content"))),
         ("content", repr(message["content"])),

@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from hunyuan_trtllm.builder.gpu_specs import GPUS
+from hunyuan_trtllm.builder.planner_models import PRESETS
 from hunyuan_trtllm.cli.app import cli, print_json, print_table
 from hunyuan_trtllm.errors import UserError
 
@@ -32,8 +34,9 @@ def _options(function: Callable[..., Any]) -> Callable[..., Any]:
     """The plan input and the deployment options shared by ``compose`` and ``k8s``."""
     options = [
         click.argument("plan_or_model", required=False),
-        click.option("--preset", default=None, help="Plan flags: a built-in model config (instead of MODEL)."),
-        click.option("--gpu", default=None, help="Plan flags: GPU kind, e.g. h100, h200, h20."),
+        click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+                     help="Plan flags: a built-in model config (instead of MODEL)."),
+        click.option("--gpu", type=click.Choice(list(GPUS)), default=None, help="Plan flags: GPU model."),
         click.option("--gpus", type=int, default=None, help="Plan flags: GPUs per node [default: 8]."),
         click.option("--nodes", type=int, default=None, help="Plan flags: nodes [default: 1]."),
         click.option("--dtype", type=click.Choice(["bf16", "fp8"]), default=None,
@@ -80,6 +83,8 @@ def _plan(plan_or_model: str | None, flags: dict[str, Any]) -> tuple[dict[str, A
         if given:
             raise UserError(f"{given[0]} goes with MODEL or --preset, not with the plan file {plan_or_model}")
         return load_plan(Path(plan_or_model)), plan_or_model
+    if plan_or_model and plan_or_model.endswith(".json"):
+        raise UserError(f"{plan_or_model}: plan file does not exist")
     if plan_or_model is None and flags["--preset"] is None:
         raise UserError("give a plan file (hunyuan-trtllm plan ... --json > plan.json), a MODEL or --preset")
     if flags["--gpu"] is None:

@@ -40,8 +40,11 @@ def calibration_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def resolve_scales(src: SourceCheckpoint, calib_data: Path | None, calib_builtin: bool, calib_samples: int,
-                   calib_seq_len: int, calib_device: str, scales_file: Path | None) -> Fp8Scales | None:
-    """The scales to quantize with; None means "the FP8 source's own" (Tencent's FP8 release: no calibration)."""
+                   calib_seq_len: int, calib_device: str, scales_file: Path | None,
+                   quiet: bool = False) -> Fp8Scales | None:
+    """The scales to quantize with; None means "the FP8 source's own" (Tencent's FP8 release: no calibration).
+
+    ``quiet``: no progress bar and no summary line."""
     if scales_file is not None:
         from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
 
@@ -60,10 +63,11 @@ def resolve_scales(src: SourceCheckpoint, calib_data: Path | None, calib_builtin
     samples = load_calibration_samples(calib_data, src.path, calib_samples, calib_seq_len)
     tokens = sum(len(s) for s in samples)
     columns = (TextColumn("[bold]calibrating[/] layer"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
+    with Progress(*columns, console=console, disable=quiet) as bar:
         task = bar.add_task("calibrate", total=src.spec.num_layers)
         scales = calibrate(src, samples, progress=lambda done, total: bar.update(task, completed=done),
                            device=calib_device)
-    console.print(f"calibrated on {len(samples)} samples ({tokens} tokens) from "
-                  f"{calib_data or 'the built-in set'}")
+    if not quiet:
+        console.print(f"calibrated on {len(samples)} samples ({tokens} tokens) from "
+                      f"{calib_data or 'the built-in set'}")
     return scales

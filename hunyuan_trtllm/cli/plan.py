@@ -9,7 +9,7 @@ from rich.table import Table
 
 from hunyuan_trtllm.builder.gpu_specs import GPUS
 from hunyuan_trtllm.builder.planner_models import DEFAULT_FREE_FRACTION, PRESETS
-from hunyuan_trtllm.cli.app import cli, print_json, print_table, stdout
+from hunyuan_trtllm.cli.app import cli, print_json, print_rich_table, print_table, stdout
 
 GB = 1e9
 KIB = 1024
@@ -118,7 +118,7 @@ def print_layouts(result: dict[str, Any]) -> None:
             f"{layout['decode_tokens_per_s_compute_bound']:,.0f}" if fits else "-",
             "[green]fits" if fits else f"[red]{layout['reason']}",
         )
-    stdout.print(table)
+    print_rich_table(table)
     if any(layout["tp_spans_nodes"] for layout in result["layouts"]):
         stdout.print("* tensor parallelism across nodes: every layer's all-reduces cross the network")
 

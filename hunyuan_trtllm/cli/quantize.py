@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from hunyuan_trtllm.cli.app import byte_progress, cli, print_json, print_table
+from hunyuan_trtllm.cli.app import ByteProgress, cli, print_json, print_table
 from hunyuan_trtllm.cli.fp8_options import calibration_options, resolve_scales
 
 if TYPE_CHECKING:  # torch loads only when a command runs
@@ -44,22 +43,27 @@ def quantize(model: str, out_dir: Path, kv_cache_dtype: str, calib_data: Path | 
       hunyuan-trtllm quantize tencent/Hunyuan-A13B-Instruct-FP8 -o a13b-fp8-trtllm
     """
     from hunyuan_trtllm.checkpoints.quantize import quantize_checkpoint
+    from hunyuan_trtllm.checkpoints.safetensors_io import check_new_output_dir
     from hunyuan_trtllm.checkpoints.source import open_source
 
     start_time = time.perf_counter()
     source = open_source(model)
     try:
+        check_new_output_dir(out_dir, 0)  # before calibrating (which takes minutes), not after
         scales = resolve_scales(source, calib_data, calib_builtin, calib_samples, calib_seq_len, calib_device,
-                                scales_file)
+                                scales_file, quiet or as_json)
         if scales is None:  # an FP8 source, not calibrated again
             scales = _own_scales(source)
-        progress, start = byte_progress("quantize", quiet or as_json)
-        with progress or contextlib.nullcontext():
-            out = quantize_checkpoint(source, out_dir, scales, kv_cache_fp8=kv_cache_dtype == "fp8", progress=start)
+        with ByteProgress("quantize", quiet or as_json) as bar:
+            write_start = time.perf_counter()
+            out = quantize_checkpoint(source, out_dir, scales, kv_cache_fp8=kv_cache_dtype == "fp8",
+                                      progress=bar.start)
+            written = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+            write_speed = written / max(time.perf_counter() - write_start, 1e-9)
+            bar.finish(write_speed)
     finally:
         source.close()
     seconds = time.perf_counter() - start_time
-    written = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     summary = {"output": str(out), "scales": scales.origin, "kv_cache_dtype": kv_cache_dtype,
                "fp8_tensors": len(scales.weight), "bytes_written": written, "seconds": round(seconds, 3)}
     if as_json:
@@ -68,7 +72,7 @@ def quantize(model: str, out_dir: Path, kv_cache_dtype: str, calib_data: Path | 
     print_table("quantize", [
         ("output", out), ("scales", scales.origin), ("FP8 linears", len(scales.weight)),
         ("KV cache", "fp8" if kv_cache_dtype == "fp8" else "model dtype (set at serve time)"),
-        ("bytes", f"{written / GB:.3f} GB in {seconds:.1f} s"),
+        ("bytes", f"{written / GB:.3f} GB in {seconds:.1f} s (written at {write_speed / GB:.3g} GB/s)"),
     ])
 
 

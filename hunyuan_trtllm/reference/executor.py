@@ -22,7 +22,7 @@ Semantics, in the order they happen in one decoder layer:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,20 +172,38 @@ class ReferenceExecutor:
         cache.length += len(input_ids)
         return self._logits(x)
 
+    @property
+    def checkpoint_bytes(self) -> int:
+        """Bytes of tensor data in the rank files (what a layer-by-layer pass reads, each tensor once)."""
+        return sum(info.nbytes for header in self._headers.values() for info in header.tensors.values())
+
     @torch.no_grad()
-    def forward_layer_by_layer(self, prompts: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    def forward_layer_by_layer(self, prompts: Sequence[Sequence[int]],
+                               progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
         """Logits ``[T, vocab]`` of each prompt (from position 0), computed layer-major: every decoder layer's
         weights are read once, used for all prompts and dropped, so memory holds one layer (of every rank) plus
-        the prompts' activations and KV caches, whatever the depth of the model."""
+        the prompts' activations and KV caches, whatever the depth of the model. ``progress(n)`` is called with
+        the bytes read by each step (the embedding, every layer, the head)."""
+        reported = self.bytes_read
+
+        def report() -> None:
+            nonlocal reported
+            if progress is not None:
+                progress(self.bytes_read - reported)
+            reported = self.bytes_read
+
         caches = [KVCache() for _ in prompts]
         states = [self._embed(ids, 0) for ids in prompts]
         self._weights.clear()
+        report()
         for ranks, local, layer in self._layers():
             states = [(self._decoder_layer(x, ranks, local, layer, cache, rope), rope)
                       for (x, rope), cache in zip(states, caches, strict=True)]
             self._weights.clear()
+            report()
         logits = [self._logits(x) for x, _ in states]
         self._weights.clear()
+        report()
         return logits
 
     def _layers(self) -> list[tuple[list[int], int, int]]:

@@ -17,14 +17,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.prompts import DEFAULT_PROMPTS
 from hunyuan_trtllm.checkpoints.source import open_source
+from hunyuan_trtllm.checkpoints.spec import ModelSpec
+from hunyuan_trtllm.checkpoints.trtllm_config import trtllm_config
 from hunyuan_trtllm.reference.executor import ReferenceExecutor
 from hunyuan_trtllm.reference.hf_forward import hf_forward
 from hunyuan_trtllm.reference.transformers_ref import transformers_logits, transformers_supports
@@ -61,6 +64,11 @@ class VerifyReport:
     min_cosine_required: float = FP8_MIN_COSINE
     seconds: float = 0.0  # the whole comparison: reference and checkpoint
     checkpoint_gb_read: float = 0.0  # rank-file bytes the executor read (each tensor once)
+    checkpoint_seconds: float = 0.0  # the executor's layer-by-layer pass alone
+
+    @property
+    def checkpoint_bytes_per_s(self) -> float:
+        return self.checkpoint_gb_read * 1e9 / self.checkpoint_seconds if self.checkpoint_seconds else 0.0
 
     @property
     def max_abs(self) -> float:
@@ -105,19 +113,51 @@ def load_prompts(path: Path | None) -> dict[str, list[int]]:
     return prompts
 
 
+# config.json fields of a converted checkpoint that its source model must reproduce (else it was converted from
+# another model): checked before anything runs.
+ARCHITECTURE_FIELDS = ("architecture", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
+                       "head_size", "intermediate_size", "vocab_size", "moe.num_experts", "moe.top_k",
+                       "moe.shared_expert_intermediate_size", "cla_share_factor")
+
+
+def check_same_architecture(ckpt_dir: Path, config: dict, model: str, spec: ModelSpec) -> None:
+    """Refuse to compare a checkpoint with a model of another architecture or size (the result would be noise)."""
+    from hunyuan_trtllm.errors import UserError
+
+    expected = trtllm_config(spec, Mapping(), torch.float32)
+
+    def field(cfg: dict, key: str) -> object:
+        for part in key.split("."):
+            cfg = cfg.get(part) if isinstance(cfg, dict) else None
+        return cfg
+
+    differ = [f"{key} {field(config, key)} vs {field(expected, key)}" for key in ARCHITECTURE_FIELDS
+              if field(config, key) is not None and field(config, key) != field(expected, key)]
+    if differ:
+        raise UserError(f"{ckpt_dir} was not converted from {model}: the architectures differ "
+                        f"({'; '.join(differ)}; checkpoint vs model); pass --against the model it was converted from")
+
+
 def verify(
     ckpt_dir: Path,
     model: str,
     prompts: dict[str, Sequence[int]] | None = None,
     reference: str = "auto",
     atol: float | None = None,
+    progress: Callable[[int, int], Callable[[int], None]] | None = None,
+    stage: Callable[[str], None] | None = None,
 ) -> VerifyReport:
-    """Compare a converted checkpoint with the source model on a few prompts."""
+    """Compare a converted checkpoint with the source model on a few prompts.
+
+    ``progress(total_bytes, 0)`` may return a callback that receives the checkpoint bytes read, layer by layer;
+    ``stage(text)`` hears what runs next (the checkpoint, then the reference).
+    """
     from hunyuan_trtllm.errors import UserError
 
     start = time.perf_counter()
     executor = ReferenceExecutor(ckpt_dir)
     src = open_source(model)
+    check_same_architecture(ckpt_dir, executor.config, model, src.spec)
     dtype_name = executor.config["dtype"]
     dtype = DTYPES[dtype_name]
     prompts = dict(prompts or DEFAULT_PROMPTS)
@@ -132,23 +172,30 @@ def verify(
         large = sum(info.nbytes for header in src.headers.values() for info in header.tensors.values()) \
             > TRANSFORMERS_MAX_BYTES
         reference = "plain" if unsupported or large else "transformers"
+    if reference == "transformers" and unsupported:
+        raise UserError(f"--reference transformers: {unsupported}; use --reference plain")
+    if reference not in ("transformers", "plain"):
+        raise UserError(f"--reference {reference}: expected auto, transformers or plain")
+    if stage is not None:
+        stage(f"running {ckpt_dir} layer by layer (reference executor, {executor.mapping.world_size} rank files)")
+    advance = progress(executor.checkpoint_bytes, 0) if progress else None
+    executor_start = time.perf_counter()
+    outputs = executor.forward_layer_by_layer(list(prompts.values()), advance)
+    executor_seconds = time.perf_counter() - executor_start
+    if stage is not None:
+        stage(f"computing the reference logits ({reference}) from {model}")
     if reference == "transformers":
-        if unsupported:
-            raise UserError(f"--reference transformers: {unsupported}; use --reference plain")
         expected = transformers_logits(src.path, src.spec, list(prompts.values()), dtype=dtype)
         label = "transformers (hy_v3)" if src.spec.is_hy3 else "transformers (hunyuan_v1_moe/hunyuan_v1_dense)"
-    elif reference == "plain":
+    else:  # plain
 
         def get(name: str) -> torch.Tensor:
             return src.get(name).to(dtype).float()
 
         expected = [hf_forward(src.spec, get, ids) for ids in prompts.values()]
         label = "plain HF-layout forward (hunyuan_trtllm.reference.hf_forward)"
-    else:
-        raise UserError(f"--reference {reference}: expected auto, transformers or plain")
 
     results = []
-    outputs = executor.forward_layer_by_layer(list(prompts.values()))
     for (name, ids), ref, got in zip(prompts.items(), expected, outputs, strict=True):
         diff = (got - ref).abs()
         results.append(
@@ -176,4 +223,5 @@ def verify(
         prompts=results,
         seconds=time.perf_counter() - start,
         checkpoint_gb_read=executor.bytes_read / 1e9,
+        checkpoint_seconds=executor_seconds,
     )

@@ -289,7 +289,7 @@ def write_triton_repo(source: Path, out: Path, flavor: str, max_batch_size: int 
     options = options or RepoOptions()
     check_not_an_input(out, [source, options.tokenizer_dir], overwrite)
     if out.exists() and not overwrite:
-        raise UserError(f"{out}: already exists (pass overwrite to replace it)")
+        raise UserError(f"{out}: already exists (pass --overwrite to replace it)")
     check_replaceable(out, _is_our_repo, "a Triton repository (repo.json)")
     files, launch = _BUILDERS[flavor](source, max_batch_size, streaming, options)
     meta = {"flavor": flavor, "source": str(source), "streaming": streaming, **launch,
