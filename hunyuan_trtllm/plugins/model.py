@@ -96,10 +96,13 @@ class HunyuanDecoderLayerList(ModuleList):
 
     def forward(self, hidden_states: Tensor, rope: RopeCosSin, use_cache: bool, kv_cache_params: Any,
                 attention_params: Any) -> tuple[Tensor, list[Any]]:
-        past = kv_cache_params.past_key_value or [None] * len(self.layer_list)
+        # past_key_value's length is TensorRT-LLM's num_attn_layers_prev_rank (on later stages the mean attention-layer
+        # count of the earlier ones, fewer than this stage's layers with CLA): never zip the layers with it
+        past = list(kv_cache_params.past_key_value or [])
         presents: list[Any] = []
         produced: dict[int, SharedKv] = {}
-        for layer, past_key_value in zip(self, past, strict=False):  # past: one entry per local layer, or more
+        for index, layer in enumerate(self):
+            past_key_value = past[index] if index < len(past) else None  # all None with the paged KV cache
             source = self.kv_layout.source_layer[layer.layer_idx]
             hidden_states, present, kv = layer(hidden_states, rope, produced.get(source), past_key_value,
                                                use_cache, kv_cache_params, attention_params)

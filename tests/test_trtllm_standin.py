@@ -1,0 +1,142 @@
+"""The TensorRT-engine model definition (hunyuan_trtllm/plugins) executed on CPU through the TensorRT-LLM 1.2.1
+stand-in (tests/fake_trtllm) by a small in-flight-batching runtime (tests/trtllm_runtime.py).
+
+Every case converts a checkpoint, builds every rank's model through ``from_checkpoint``, and runs six engine steps:
+two context requests of different lengths, generation steps, a third request joining at step 2 (context and
+generation requests in one packed batch), one request finishing early. Each step's logits of every request must
+equal the reference executor's (run request by request, one token at a time; float32 checkpoints, and FP8
+checkpoints with float32 activations against the executor's FP8 path: 1e-4) and, for the golden fixtures, Tencent's
+logits (1e-4). The stand-in's GEMMs and attention work one token row at a time, like the executor fed this way, so
+FP8 rounding sees the same float32 inputs on both sides (a batched GEMM may differ in the last bit, which e4m3
+rounding can turn into a 5e-3 difference).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hunyuan_trtllm.checkpoints.calibrate import calibrate
+from hunyuan_trtllm.checkpoints.convert import convert
+from hunyuan_trtllm.checkpoints.mapping import Mapping
+from hunyuan_trtllm.checkpoints.source import open_source
+from hunyuan_trtllm.reference.executor import ReferenceExecutor
+
+from . import standin
+from .conftest import golden, golden_logits
+
+ATOL = 1e-4
+BF16_ATOL = 0.05  # bfloat16 activations against the float32 executor on the same weights (logits reach ~2.5)
+
+
+@pytest.fixture(scope="module")
+def trt():
+    yield standin.load()
+    standin.forget()
+
+
+def schedule(prompt_a: list[int], prompt_b: list[int]) -> list[dict[str, tuple[list[int], int]]]:
+    """Per step: request -> (tokens, position of the last one). ``c`` (a prefix of ``prompt_b``) joins at step 2;
+    ``a`` ends after step 4."""
+    steps: list[dict] = [{"a": (prompt_a[:3], 2), "b": (prompt_b[:8], 7)}]
+    for i in range(5):
+        step = {"b": ([prompt_b[8 + i]], 8 + i)}
+        if i < 4:
+            step["a"] = ([prompt_a[3 + i]], 3 + i)
+        if i == 1:
+            step["c"] = (prompt_b[:5], 4)
+        elif i > 1:
+            step["c"] = ([prompt_b[3 + i]], 3 + i)
+        steps.append(step)
+    return steps
+
+
+def run_and_compare(ckpt: Path, prompts: dict[str, list[int]], expected: dict[str, torch.Tensor] | None = None,
+                    atol: float = ATOL) -> float:
+    """Run the schedule on the stand-in; every request's logits at every step against the executor (and the golden
+    logits at that position). Returns the largest difference seen."""
+    from tests.trtllm_runtime import StandInRuntime
+
+    prompt_a, prompt_b = prompts["prompt_0"], prompts["prompt_1"]
+    executor = ReferenceExecutor(ckpt)
+    caches = {rid: executor.new_cache() for rid in "abc"}
+    runtime = StandInRuntime(ckpt)
+    worst = 0.0
+    try:
+        for number, step in enumerate(schedule(prompt_a, prompt_b)):
+            logits = runtime.step({rid: tokens for rid, (tokens, _) in step.items()})
+            assert sorted(logits) == sorted(step), number
+            for rid, (tokens, position) in step.items():
+                reference = [executor.forward([t], caches[rid]) for t in tokens][-1][-1]  # one token at a time
+                error = (logits[rid] - reference).abs().max().item()
+                assert error <= atol, f"step {number} request {rid}: {error:.2e} from the reference executor"
+                worst = max(worst, error)
+                if expected is not None:
+                    row = expected["prompt_0" if rid == "a" else "prompt_1"][position]
+                    error = (logits[rid] - row).abs().max().item()
+                    assert error <= atol, f"step {number} request {rid}: {error:.2e} from the golden logits"
+            if number == 4:
+                runtime.release("a")
+    finally:
+        runtime.close()
+    return worst  # often exactly 0: both compute the same float32 operations token by token
+
+
+GOLDEN_CASES = [("a13b-tiny", 1, 1, 1), ("a13b-tiny", 2, 2, 2), ("a13b-tiny", 4, 1, 1), ("a13b-tiny", 4, 4, 1),
+                ("large-tiny", 1, 1, 1), ("large-tiny", 2, 2, 2), ("large-tiny", 2, 1, 1),
+                ("dense-tiny", 1, 1, 2), ("dense-tiny", 4, 1, 1)]
+
+
+@pytest.mark.parametrize(("name", "tp", "ep", "pp"), GOLDEN_CASES)
+def test_golden_float32(trt, name, tp, ep, pp, tmp_path):
+    path = golden(name)
+    prompts, expected = golden_logits(path)
+    convert(path, tmp_path / "ckpt", Mapping(tp=tp, pp=pp, moe_ep=ep), dtype="float32")
+    run_and_compare(tmp_path / "ckpt", prompts, expected)
+
+
+@pytest.mark.parametrize(("arch", "tp", "ep", "pp"), [("a13b", 2, 2, 1), ("large", 1, 1, 2), ("dense", 2, 1, 1)])
+def test_tiny_synthetic_float32(trt, tiny_models, arch, tp, ep, pp, tmp_path):
+    rng = random.Random(arch)
+    prompts = {key: [rng.randrange(1000) for _ in range(length)] for key, length in (("prompt_0", 7),
+                                                                                       ("prompt_1", 13))}
+    convert(tiny_models[arch], tmp_path / "ckpt", Mapping(tp=tp, pp=pp, moe_ep=ep), dtype="float32")
+    run_and_compare(tmp_path / "ckpt", prompts)
+
+
+def float32_activations(ckpt: Path) -> None:
+    """The FP8 checkpoint with every bfloat16 tensor (and ``dtype``) made float32: same values, so the executor's
+    result is unchanged, while the engine's activations become float32 (exact comparison)."""
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "dtype": "float32"}))
+    for path in ckpt.glob("rank*.safetensors"):
+        tensors = load_file(path)
+        save_file({n: t.float() if t.dtype == torch.bfloat16 else t for n, t in tensors.items()}, path)
+
+
+@pytest.mark.parametrize(("name", "tp", "ep", "pp", "kv_fp8"), [("a13b-tiny", 2, 2, 1, True),
+                                                                 ("large-tiny", 2, 1, 2, True),
+                                                                 ("dense-tiny", 2, 1, 1, False)])
+def test_golden_fp8_equals_the_executors_fp8_path(trt, name, tp, ep, pp, kv_fp8, tmp_path):
+    path = golden(name)
+    prompts, _ = golden_logits(path)
+    source = open_source(path)
+    rng = random.Random(0)
+    samples = [[rng.randrange(source.spec.vocab_size) for _ in range(32)] for _ in range(8)]
+    convert(path, tmp_path / "ckpt", Mapping(tp=tp, pp=pp, moe_ep=ep), dtype="fp8",
+            scales=calibrate(source, samples), kv_cache_fp8=kv_fp8)
+    float32_activations(tmp_path / "ckpt")
+    run_and_compare(tmp_path / "ckpt", prompts)
+
+
+def test_golden_bfloat16(trt, tmp_path):
+    """A bfloat16 engine computes in bfloat16: close to the float32 executor on the same weights, not equal."""
+    path = golden("a13b-tiny")
+    prompts, _ = golden_logits(path)
+    convert(path, tmp_path / "ckpt", Mapping(tp=2, moe_ep=2), dtype="bfloat16")
+    assert run_and_compare(tmp_path / "ckpt", prompts, atol=BF16_ATOL) > ATOL  # really computed in bfloat16
