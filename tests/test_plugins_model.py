@@ -15,7 +15,6 @@ import copy
 import importlib
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch

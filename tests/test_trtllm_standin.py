@@ -25,6 +25,9 @@ from hunyuan_trtllm.checkpoints.calibrate import calibrate
 from hunyuan_trtllm.checkpoints.convert import convert
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.source import open_source
+from hunyuan_trtllm.checkpoints.spec import parse_spec
+from hunyuan_trtllm.checkpoints.synth import synth_config
+from hunyuan_trtllm.checkpoints.trtllm_config import trtllm_config
 from hunyuan_trtllm.reference.executor import ReferenceExecutor
 
 from . import standin
@@ -140,3 +143,17 @@ def test_golden_bfloat16(trt, tmp_path):
     prompts, _ = golden_logits(path)
     convert(path, tmp_path / "ckpt", Mapping(tp=2, moe_ep=2), dtype="bfloat16")
     assert run_and_compare(tmp_path / "ckpt", prompts, atol=BF16_ATOL) > ATOL  # really computed in bfloat16
+
+
+def test_no_rope_tables_are_built(trt):
+    """RoPE is computed in the graph: the model registers none of the plugin's RoPE tables (two float32 tables of
+    max_position_embeddings x head_dim per rank, 128 MiB each at 262144 positions), and its engine config keeps
+    ``rope_gpt_neox``."""
+    from tensorrt_llm.models.modeling_utils import PretrainedConfig  # the stand-in, loaded by the fixture
+
+    config = trtllm_config(parse_spec(synth_config("a13b", "tiny", dtype="bfloat16")), Mapping(), torch.bfloat16)
+    model = trt.model_class(config["architecture"])(PretrainedConfig.from_dict({**config,
+                                                                                "max_position_embeddings": 262144}))
+    assert [name for name, _ in model.named_parameters() if not name.startswith("transformer.")
+            and not name.startswith("lm_head.")] == []
+    assert model.config.to_dict()["position_embedding_type"] == "rope_gpt_neox"

@@ -29,11 +29,13 @@ Not supported (refused at build time with one line): LoRA, speculative decoding,
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from tensorrt_llm._utils import pad_vocab_size
-from tensorrt_llm.functional import Tensor, cast, constant, cos, recv, send, sin, unsqueeze
+from tensorrt_llm.functional import PositionEmbeddingType, Tensor, cast, constant, cos, recv, send, sin, unsqueeze
 from tensorrt_llm.layers.embedding import Embedding
 from tensorrt_llm.layers.linear import ColumnLinear
 from tensorrt_llm.layers.mlp import GatedMLP
@@ -162,7 +164,8 @@ class HunyuanForCausalLM(DecoderModelForCausalLM):
             lm_head = ColumnLinear(config.hidden_size, pad_vocab_size(config.vocab_size, config.mapping.tp_size),
                                    bias=False, dtype=config.dtype, tp_group=config.mapping.tp_group,
                                    tp_size=config.mapping.tp_size, gather_output=True)  # [V_pad / tp, H]
-        super().__init__(config, transformer, lm_head)
+        with rope_tables_off(config):  # RoPE runs in the graph from rotary_base; the plugin's tables are never read
+            super().__init__(config, transformer, lm_head)
 
     def prepare_attention_inputs(self, *, attn_layer_idx: list[int] | None = None,
                                  num_kv_heads_per_layer: list[int] | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -179,6 +182,21 @@ class HunyuanForCausalLM(DecoderModelForCausalLM):
         if inputs.get("position_ids") is None and inputs.get("hidden_states") is not None:
             inputs["position_ids"] = stage_position_ids(inputs["hidden_states"])
         return inputs
+
+
+@contextmanager
+def rope_tables_off(config: HunyuanConfig) -> Iterator[None]:
+    """``DecoderModelForCausalLM.__init__`` calls ``Attention.create_attention_const_params(model, config)``, which
+    builds float32 RoPE tables of ``max_position_embeddings`` rows for a RoPE ``position_embedding_type`` (two of
+    [positions, head_dim], 128 MiB each per rank at 262144 positions), and keeps the type for
+    ``fill_attention_params``. Our plugin calls use no rotary: construct with ``learned_absolute`` (no tables, nothing
+    filled in) and restore the config, whose engine config.json keeps ``rope_gpt_neox``."""
+    kept = config.position_embedding_type
+    config.position_embedding_type = PositionEmbeddingType.learned_absolute
+    try:
+        yield
+    finally:
+        config.position_embedding_type = kept
 
 
 def rotary_inv_freq(base: float, head_dim: int) -> np.ndarray:

@@ -38,8 +38,8 @@ import safetensors.torch
 from tensorrt_llm._utils import str_dtype_to_trt
 from tensorrt_llm.functional import PositionEmbeddingType, gather_last_token_logits
 from tensorrt_llm.layers.attention import Attention, AttentionParams, KeyValueCacheParams
-from tensorrt_llm.models.generation_mixin import GenerationMixin
 from tensorrt_llm.mapping import Mapping
+from tensorrt_llm.models.generation_mixin import GenerationMixin
 from tensorrt_llm.module import Module
 from tensorrt_llm.quantization import QuantMode
 from tensorrt_llm.quantization.quantize import quantize
