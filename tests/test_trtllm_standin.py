@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,41 @@ def test_no_rope_tables_are_built(trt):
     assert [name for name, _ in model.named_parameters() if not name.startswith("transformer.")
             and not name.startswith("lm_head.")] == []
     assert model.config.to_dict()["position_embedding_type"] == "rope_gpt_neox"
+
+
+def test_network_input_contracts(trt):
+    """What TensorRT-LLM 1.2's Tensor / Network enforce for inputs, and what binding runtime values checks."""
+    import tensorrt
+    from tensorrt_llm.functional import Tensor
+    from tensorrt_llm.network import Network, net_guard
+
+    def declare(name, dtype):
+        return Tensor(name=name, dtype=dtype, shape=[-1], dim_range=OrderedDict([("num_tokens", [[1, 4, 8]])]))
+
+    with net_guard(Network()) as network:
+        # functional.Tensor converts a dtype string with str_dtype_to_trt before Network._add_input's
+        # isinstance(dtype, trt.DataType) assertion: "int32" is accepted (finding 1 of issue 11 is not a crash)
+        assert declare("position_ids", "int32").dtype == tensorrt.int32
+        with pytest.raises(AssertionError, match="Unsupported dtype"):
+            declare("a", "int33")
+        with pytest.raises(AssertionError):
+            declare("b", torch.int32)  # neither a TensorRT-LLM string nor a trt.DataType
+        with pytest.raises(ValueError, match="declared twice"):
+            declare("position_ids", tensorrt.int32)
+        for value, message in ((torch.zeros(3, dtype=torch.int64), "dtype"), (torch.zeros(3, 1, dtype=torch.int32),
+                                                                               "rank"),
+                               (torch.zeros(9, dtype=torch.int32), "outside every optimization profile")):
+            with pytest.raises(ValueError, match=message):
+                network.feed({"position_ids": value})
+        with pytest.raises(KeyError, match="position_ids"):
+            network.feed({})
+
+
+def test_ops_keep_the_strongly_typed_and_loading_contracts(trt):
+    from tensorrt_llm.functional import wrap
+    from tensorrt_llm.layers.normalization import RmsNorm
+
+    with pytest.raises(TypeError, match="strongly typed"):
+        wrap(torch.ones(2)) + wrap(torch.ones(2, dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match="declared but was never loaded"):
+        RmsNorm(4, dtype="float32")(wrap(torch.ones(2, 4)))
