@@ -196,3 +196,32 @@ def test_ops_keep_the_strongly_typed_and_loading_contracts(trt):
         wrap(torch.ones(2)) + wrap(torch.ones(2, dtype=torch.bfloat16))
     with pytest.raises(RuntimeError, match="declared but was never loaded"):
         RmsNorm(4, dtype="float32")(wrap(torch.ones(2, 4)))
+
+
+def test_moe_plugin_with_a_given_routing(trt):
+    """The MoE stand-in for routers the plugin's modes do not cover (e.g. sigmoid scores with a selection bias and a
+    scaling factor): experts weighted by the given routing, fc = [up; gate] with the gate half activated."""
+    from tensorrt_llm.functional import wrap
+    from tensorrt_llm.layers.moe import MOE, MoeConfig
+
+    torch.manual_seed(0)
+    hidden, inter, experts = 8, 6, 4
+    moe = MOE(MoeConfig(num_experts=experts, top_k=2, normalization_mode=1), hidden, inter, "swiglu", bias=False,
+              dtype="float32")
+    tensors = {"router.weight": torch.randn(experts, hidden), "fc.weight": torch.randn(experts, 2 * inter, hidden),
+               "proj.weight": torch.randn(experts, hidden, inter)}
+    for name, param in moe.named_parameters():
+        param.set_checkpoint_tensor(name, tensors[name])
+    x = torch.randn(3, hidden)
+    scores = torch.sigmoid(x @ tensors["router.weight"].T)
+    chosen = (scores + torch.tensor([0.0, 0.5, 0.0, 0.5])).topk(2, dim=-1).indices  # the bias only selects
+    weights = scores.gather(1, chosen) / scores.gather(1, chosen).sum(-1, keepdim=True) * 2.5
+    expected = torch.zeros(3, hidden)
+    for t in range(3):
+        for w, e in zip(weights[t], chosen[t], strict=True):
+            up, gate = (x[t] @ tensors["fc.weight"][e].T).chunk(2)
+            expected[t] += w * (torch.nn.functional.silu(gate) * up) @ tensors["proj.weight"][e].T
+    assert torch.allclose(moe.forward_routed(wrap(x), weights, chosen).value, expected, atol=1e-5)
+    logits = x @ tensors["router.weight"].T
+    top, idx = logits.topk(2, dim=-1)
+    assert torch.allclose(moe(wrap(x)).value, moe.forward_routed(wrap(x), top.softmax(-1), idx).value, atol=1e-5)
