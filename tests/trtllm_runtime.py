@@ -170,13 +170,14 @@ class StandInRuntime:
             inputs = model.prepare_inputs(max_batch_size=self.max_batch_size, max_input_len=self.max_seq_len - 1,
                                           max_seq_len=self.max_seq_len, max_num_tokens=self.max_num_tokens,
                                           use_cache=True)
-            declared = {t.name: t for t in network.get_inputs()}
+            declared = {t.name for t in network.get_inputs()}
             values = dict(feeds)
             values["host_kv_cache_pool_pointers"] = torch.tensor([[self.addresses[rank], 0]], dtype=torch.int64)
-            rows = declared["host_kv_cache_pool_mapping"].shape[0]
-            values["host_kv_cache_pool_mapping"] = torch.tensor(
-                [[0, min(i, self.pools[rank].shape[1] - 1)] for i in range(rows)], dtype=torch.int32)
-            values["host_max_attention_window_sizes"] = torch.full((rows,), self.max_seq_len, dtype=torch.int32)
+            # the KV-cache manager's layer-to-pool mapping and window sizes: one row per *attention* layer of the
+            # stage (kvCacheManager.cpp: [numLayers, 2] with numLayers = countLocalLayers(kATTENTION))
+            layers = self.pools[rank].shape[1]
+            values["host_kv_cache_pool_mapping"] = torch.tensor([[0, i] for i in range(layers)], dtype=torch.int32)
+            values["host_max_attention_window_sizes"] = torch.full((layers,), self.max_seq_len, dtype=torch.int32)
             if "hidden_states_input" in declared:  # the receive buffer of a later stage
                 values["hidden_states_input"] = torch.zeros_like(hidden)
             network.feed(values)

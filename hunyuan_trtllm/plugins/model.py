@@ -167,13 +167,27 @@ class HunyuanForCausalLM(DecoderModelForCausalLM):
         with rope_tables_off(config):  # RoPE runs in the graph from rotary_base; the plugin's tables are never read
             super().__init__(config, transformer, lm_head)
 
-    def prepare_attention_inputs(self, *, attn_layer_idx: list[int] | None = None,
+    def prepare_attention_inputs(self, *, num_layers: int, mapping: Any = None, attn_layer_idx: list[int] | None = None,
                                  num_kv_heads_per_layer: list[int] | None = None, **kwargs: Any) -> dict[str, Any]:
-        """KV-cache inputs for the layers that own a KV cache only (CLA consumers read their producer's)."""
+        """KV-cache inputs for this stage's layers that own a KV cache (CLA consumers read their producer's).
+
+        TensorRT-LLM 1.2 declares ``host_kv_cache_pool_mapping`` [n, 2] and ``host_max_attention_window_sizes`` [n]
+        with n = ``num_attn_layers_prev_rank``: the stage's *layer* count on the first stage, the attention layers of
+        the earlier stages divided by the stage index elsewhere (generation_mixin.py). The C++ runtime feeds one row
+        per attention layer of the stage (kvCacheManager.cpp ``[numLayers, 2]``, numLayers =
+        ``countLocalLayers(kATTENTION)``) and ``TllmRuntime`` throws when the shapes differ. They differ with CLA
+        (Large: 4 layers, 2 KV-cache layers) and with uneven pipeline splits (3 layers on 2 stages). So the stage's
+        inputs are declared for an equivalent model of KV-cache layers only, L per stage for this stage's L: n = L on
+        every stage, the plugin's ``layer_idx`` (:meth:`KvLayout.cache_slot`) indexing the same rows.
+        """
+        mapping = self.config.mapping if mapping is None else mapping
         if attn_layer_idx is None:
-            attn_layer_idx = self.config.kv_layout.producers
-            num_kv_heads_per_layer = [self.config.num_key_value_heads] * len(attn_layer_idx)
-        return super().prepare_attention_inputs(attn_layer_idx=attn_layer_idx,
+            layout = self.config.kv_layout
+            local = [layer for layer in mapping.pp_layers(num_layers) if layout.is_producer(layer)]
+            num_layers = len(local) * mapping.pp_size
+            attn_layer_idx = list(range(num_layers))
+            num_kv_heads_per_layer = [self.config.num_key_value_heads] * num_layers
+        return super().prepare_attention_inputs(num_layers=num_layers, mapping=mapping, attn_layer_idx=attn_layer_idx,
                                                 num_kv_heads_per_layer=num_kv_heads_per_layer, **kwargs)
 
     def prepare_inputs(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
