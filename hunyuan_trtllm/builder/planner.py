@@ -33,8 +33,8 @@ from hunyuan_trtllm.builder.planner_costs import (
 )
 from hunyuan_trtllm.builder.planner_models import PlannedModel, load_model
 from hunyuan_trtllm.checkpoints.mapping import Mapping
+from hunyuan_trtllm.checkpoints.param_counts import mtp_parameter_count, parameter_counts
 from hunyuan_trtllm.checkpoints.spec import ModelSpec
-from hunyuan_trtllm.checkpoints.weight_plan import mtp_parameter_count, parameter_counts
 from hunyuan_trtllm.errors import MappingError, UserError
 
 DEFAULT_FREE_FRACTION = 0.9  # TensorRT-LLM LLM API's kv_cache_free_gpu_memory_fraction default

@@ -35,6 +35,7 @@ from hunyuan_trtllm import __version__
 from hunyuan_trtllm.checkpoints.fp8 import fp8_plan, quantization_config, source_scales
 from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
 from hunyuan_trtllm.checkpoints.mapping import Mapping
+from hunyuan_trtllm.checkpoints.param_counts import mtp_parameter_count
 from hunyuan_trtllm.checkpoints.safetensors_io import (
     OutputEntry,
     create_partial,
@@ -47,13 +48,7 @@ from hunyuan_trtllm.checkpoints.safetensors_io import (
 )
 from hunyuan_trtllm.checkpoints.source import Read, SourceCheckpoint, open_source
 from hunyuan_trtllm.checkpoints.trtllm_config import DTYPE_STRINGS, MTP_DIR, trtllm_config
-from hunyuan_trtllm.checkpoints.weight_plan import (
-    TensorPlan,
-    WeightPlan,
-    hf_shape,
-    materialize,
-    mtp_parameter_count,
-)
+from hunyuan_trtllm.checkpoints.weight_plan import TensorPlan, WeightPlan, hf_shape, materialize
 from hunyuan_trtllm.errors import CheckpointError, UserError
 
 MANIFEST = "manifest.json"
