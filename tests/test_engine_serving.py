@@ -24,11 +24,11 @@ import torch
 
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.spec import parse_spec
-from hunyuan_trtllm.checkpoints.synth import synth_config
 from hunyuan_trtllm.checkpoints.trtllm_config import trtllm_config
 from hunyuan_trtllm.errors import ConfigError, UserError
 from hunyuan_trtllm.serve.repository import read_engine_facts
 from hunyuan_trtllm.serve.trtllm_serve import ServeOptions, detect_target, llm_api_options, trtllm_serve_command
+from hunyuan_trtllm.synth.checkpoint import synth_config
 
 from .standin import FAKE_TRTLLM
 

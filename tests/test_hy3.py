@@ -203,3 +203,28 @@ def test_engine_build_refuses_hy3_until_it_has_a_model_definition(golden_layouts
 
     with pytest.raises(ConfigError, match="'HYV3ForCausalLM' is not a Hunyuan model this tool builds"):
         spec_from_trtllm_config(golden_layouts[(1, 1, 1)].config, "config.json")
+
+
+def test_synth_hy3_writes_tencents_layout(hy3_golden, tmp_path):
+    from hunyuan_trtllm.checkpoints.synth import synth_config
+    from safetensors import safe_open
+
+    from hunyuan_trtllm.builder.planner_models import preset_spec
+
+    path = hy3_golden[0]
+    synth_checkpoint(tmp_path / "s", "hy3", dtype="bfloat16", min_router_gap=0.0)
+    ours = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert set(ours) == set(json.loads((path / "config.json").read_text()))  # the release's 40 keys
+    with safe_open(tmp_path / "s" / "model.safetensors", "pt") as mine, safe_open(path / "model.safetensors",
+                                                                                     "pt") as fixture:
+        assert set(mine.keys()) == set(fixture.keys())  # 166 tensors, MTP layer included
+        for name in mine.keys():
+            tensor = mine.get_slice(name)
+            assert tensor.get_dtype() == ("F32" if name.endswith("expert_bias") else "BF16"), name
+            if "embed_tokens" not in name and "lm_head" not in name:
+                assert tensor.get_shape() == fixture.get_slice(name).get_shape(), name
+    full, real = parse_spec(synth_config("hy3", "full-width")), preset_spec("hy3")
+    same = ("hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size", "num_experts", "top_k",
+            "expert_intermediate_size", "shared_intermediate_size", "vocab_size", "rope_theta", "first_dense_layers",
+            "routed_scaling_factor", "lm_head_fp32", "num_mtp_layers", "eos_token_ids", "max_position_embeddings")
+    assert {f: getattr(full, f) for f in same} == {f: getattr(real, f) for f in same}

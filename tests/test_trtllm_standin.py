@@ -22,14 +22,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hunyuan_trtllm.checkpoints.calibrate import calibrate
 from hunyuan_trtllm.checkpoints.convert import convert
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.source import open_source
 from hunyuan_trtllm.checkpoints.spec import parse_spec
-from hunyuan_trtllm.checkpoints.synth import synth_config
 from hunyuan_trtllm.checkpoints.trtllm_config import trtllm_config
+from hunyuan_trtllm.reference.calibrate import calibrate
 from hunyuan_trtllm.reference.executor import ReferenceExecutor
+from hunyuan_trtllm.synth.checkpoint import synth_config
 
 from . import standin
 from .conftest import golden, golden_logits

@@ -33,8 +33,8 @@ from hunyuan_trtllm.builder.planner_costs import (
 )
 from hunyuan_trtllm.builder.planner_models import DEFAULT_FREE_FRACTION, PlannedModel, load_model
 from hunyuan_trtllm.checkpoints.mapping import Mapping
+from hunyuan_trtllm.checkpoints.param_counts import mtp_parameter_count, parameter_counts
 from hunyuan_trtllm.checkpoints.spec import ModelSpec
-from hunyuan_trtllm.checkpoints.weight_plan import mtp_parameter_count, parameter_counts
 from hunyuan_trtllm.errors import MappingError, UserError
 
 OVERFLOW_ORDER = ("weights", "workspace", "kv")  # most to least severe

@@ -43,6 +43,7 @@ from hunyuan_trtllm.checkpoints.output_dir import (
     locked_output_dir,
     require_free_space,
 )
+from hunyuan_trtllm.checkpoints.param_counts import mtp_parameter_count
 from hunyuan_trtllm.checkpoints.safetensors_io import (
     FileLayout,
     OutputEntry,
@@ -61,7 +62,6 @@ from hunyuan_trtllm.checkpoints.weight_plan import (
     WeightPlan,
     hf_shape,
     materialize,
-    mtp_parameter_count,
 )
 from hunyuan_trtllm.checkpoints.worker_pool import run_in_workers
 from hunyuan_trtllm.errors import CheckpointError, UserError

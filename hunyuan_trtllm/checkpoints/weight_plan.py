@@ -26,13 +26,9 @@ transformer.ln_f.weight                     model.norm, last PP stage
 lm_head.weight [V_pad/tp, H]                lm_head (or the tied embedding) rows by tp, zero-padded
 ==========================================  ===========================================================
 
-Hy3 (``HYV3ForCausalLM``) differs only in rows of the same tables: ``self_attn.q_norm``/``k_norm`` for the QK
-norms, ``mlp.router.gate.weight`` for the router, a float32 ``layers.{l}.mlp.expert_bias [E]`` (selection only,
-replicated), dense-MLP rows on layers ``< first_k_dense_replace`` and MoE rows after, and a float32 ``lm_head``
-when the config asks for it (``enable_lm_head_fp32``). transformers' saved names for the same tensors are
-resolved by the source (:mod:`.source`), not here. The MTP layer ``model.layers.{num_layers}`` is not part of the
-main plan; :meth:`WeightPlan.build_mtp` plans it as a separate draft part (``MTP_RULES`` + the decoder-layer rows,
-named ``mtp.layers.{i}.*``; see convert.py).
+Hy3 (``HYV3ForCausalLM``) is rows of the same tables: ``q_norm``/``k_norm``, ``mlp.router.gate``, a float32
+``mlp.expert_bias [E]`` (replicated), dense rows on layers ``< first_k_dense_replace``, a float32 ``lm_head`` when
+``enable_lm_head_fp32``. Its MTP layer is planned apart by :meth:`WeightPlan.build_mtp` (``MTP_RULES``).
 """
 
 from __future__ import annotations
@@ -437,20 +433,6 @@ def materialize(plan: TensorPlan, read: Callable[[Read], torch.Tensor], part: in
     return tensor.to(plan.dtype).contiguous()
 
 
-def parameter_counts(spec: ModelSpec) -> tuple[int, int]:
-    """(total, active-per-token) parameters of the Hugging Face model, counted from the tp=1 weight plan.
-
-    Active counts the shared expert and top_k of the routed experts; a tied lm_head is counted once.
-    """
-    plan = WeightPlan.build(spec, Mapping(), torch.bfloat16)
-    total = active = 0
-    for name in plan.hf_tensors():
-        n = math.prod(hf_shape(spec, name))
-        total += n
-        active += n * spec.top_k // spec.num_experts if ".mlp.experts." in name else n
-    return total, active
-
-
 FLOAT32_TENSORS = (".expert_bias",)  # stored in float32 in every release (Hy3's selection bias)
 
 
@@ -469,11 +451,3 @@ def tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     if spec.num_mtp_layers:
         names += WeightPlan.build_mtp(spec, Mapping(), torch.float32).hf_tensors()
     return dict(sorted((name, hf_shape(spec, name)) for name in names))
-
-
-def mtp_parameter_count(spec: ModelSpec) -> int:
-    """Parameters of the MTP layer(s) (not counted by :func:`parameter_counts`; embedding and lm_head shared)."""
-    if not spec.num_mtp_layers:
-        return 0
-    plan = WeightPlan.build_mtp(spec, Mapping(), torch.bfloat16)
-    return sum(math.prod(hf_shape(spec, name)) for name in plan.hf_tensors())

@@ -29,9 +29,9 @@ def inspect(model: str, as_json: bool) -> None:
       hunyuan-trtllm inspect ./Hunyuan-A13B-Instruct
       hunyuan-trtllm inspect tencent/Hunyuan-A13B-Instruct --json
     """
+    from hunyuan_trtllm.checkpoints.param_counts import mtp_parameter_count, parameter_counts
     from hunyuan_trtllm.checkpoints.source import load_spec
     from hunyuan_trtllm.checkpoints.trtllm_config import routing
-    from hunyuan_trtllm.checkpoints.weight_plan import mtp_parameter_count, parameter_counts
 
     path, spec = load_spec(model)
     total, active = parameter_counts(spec)
