@@ -334,9 +334,9 @@ def test_unknown_paths_and_methods_get_openai_bodies(tokenizer):
 def test_sampling_edge_values(tokenizer):
     backend = ScriptBackend(tokenizer.encode("alpha beta"))
     client = TestClient(create_app(backend, tokenizer, MODEL))
-    for top_k in (-1, 0):  # vLLM's and TensorRT-LLM's "no top-k cut"
+    for top_k, sent in ((-1, 0), (0, 0), (7, 7), (2**40, tokenizer.vocab_size)):  # -1 (vLLM), 0: no top-k cut
         assert client.post("/v1/chat/completions", json=chat("hi", top_k=top_k)).status_code == 200
-        assert backend.params[-1].top_k == 0
+        assert backend.params[-1].top_k == sent
     for seed, sent in ((-(2**63), 2**63), (2**63 - 1, 2**63 - 1), (-1, 2**64 - 1)):
         assert client.post("/v1/chat/completions", json=chat("hi", seed=seed)).status_code == 200
         assert backend.params[-1].seed == sent

@@ -115,7 +115,8 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
             max_tokens=max(1, min(limit or DEFAULT_MAX_TOKENS, room)),
             temperature=1.0 if greedy or request.temperature is None else request.temperature,
             top_p=request.top_p or 1.0,
-            top_k=1 if greedy else max(request.top_k or 0, 0),  # -1 (vLLM) and 0 (TensorRT-LLM): no cut
+            # -1 (vLLM) and 0 (TensorRT-LLM): no cut; more than the vocabulary is no cut either (and fits int32)
+            top_k=1 if greedy else min(max(request.top_k or 0, 0), tokenizer.vocab_size),
             seed=None if request.seed is None else request.seed % 2**64,  # TensorRT-LLM's seed is unsigned
             stop_token_ids=tokenizer.stop_token_ids,
         )
