@@ -64,7 +64,8 @@ def openai_endpoint(backend: TritonTokenBackend, tokenizer: HunyuanTokenizer, mo
     """Run the OpenAI endpoint (uvicorn) in a thread for the duration of the ``with`` block; yields its URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(create_app(backend, tokenizer, model, limits), host=host, port=port,
+    app = create_app(backend, tokenizer, model, limits)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
                                            log_level="warning", lifespan="off", timeout_graceful_shutdown=3))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -78,6 +79,7 @@ def openai_endpoint(backend: TritonTokenBackend, tokenizer: HunyuanTokenizer, mo
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+        app.state.prompts.close()  # the chat template's worker processes
 
 
 @contextlib.contextmanager

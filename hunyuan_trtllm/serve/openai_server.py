@@ -69,7 +69,7 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
     app.add_middleware(BodySizeLimit, limit=limits.max_body_bytes)
     install_error_handlers(app)
     metrics = _Metrics()
-    prompts = ChatPrompts(tokenizer, limits)
+    prompts = app.state.prompts = ChatPrompts(tokenizer, limits)  # launch.openai_endpoint closes it
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:

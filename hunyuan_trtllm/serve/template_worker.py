@@ -168,6 +168,7 @@ def _address_space() -> int:
 
 def main() -> None:
     """The worker: read the template, then render jobs until stdin closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops us (stdin EOF)
     stdin, stdout = sys.stdin.fileno(), sys.stdout.buffer
     setup = _read(stdin)
     template = ChatTemplate(setup["source"], setup["variables"])
