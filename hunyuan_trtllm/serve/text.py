@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import threading
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -105,6 +106,7 @@ class _HFBackend:
             raise UserError(f"{path}: cannot load tokenizer ({exc})") from None
         if decoder != "ByteLevel":
             raise UserError(f"{path}: decoder {decoder!r} is not supported (only byte-level BPE)")
+        self._mode = threading.Lock()  # encode_special_tokens is shared state; the endpoint encodes in threads
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         added = self._tokenizer.get_added_tokens_decoder()
         self.specials = {token.content: i for i, token in added.items() if token.special}
@@ -120,8 +122,9 @@ class _HFBackend:
         return text  # the tokenizer's own normalizer runs inside encode
 
     def encode(self, text: str, allow_special: bool) -> list[int]:
-        self._tokenizer.encode_special_tokens = not allow_special
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        with self._mode:
+            self._tokenizer.encode_special_tokens = not allow_special
+            return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         return b"".join(self._bytes[i] for i in ids)
