@@ -109,7 +109,8 @@ class TemplateWorkers:
         """The prompt, or :class:`TemplateRenderError`."""
         worker = self._idle.get()
         try:
-            if worker is None or worker.process.poll() is not None:
+            if worker is None or worker.process.poll() is not None:  # not started yet, or gone since
+                self._discard(worker)
                 worker = _Worker(self.template, self.timeout_s, self.max_chars, self.memory_bytes)
             answer = worker.render({"messages": messages, "tools": tools, "enable_thinking": enable_thinking},
                                    self.timeout_s)
