@@ -92,8 +92,9 @@ def test_single_node_a13b_fp8_deployment(tmp_path):
     assert serve["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert env_of(serve)["TRTLLM_ORCHESTRATOR"] == "1"  # one tritonserver spawns the 8 executor workers
     engine = "/engines/hunyuan-a13b-instruct-fp8/fp8-kvfp8-tp8-ep8-pp1/engine-seq32768-batch222-tok8192"
-    assert serve["command"] == ["hunyuan-trtllm", "serve", engine, "--with", "triton", "--tokenizer",
-                                f"{engine}/tokenizer", "--triton-port", "8000", "--ready-timeout", "3600"]
+    assert serve["command"] == ["hunyuan-trtllm", "serve", engine, "--with", "triton", "--host", "0.0.0.0",
+                                "--tokenizer", f"{engine}/tokenizer", "--triton-port", "8000",
+                                "--ready-timeout", "3600"]
     assert [p["containerPort"] for p in serve["ports"]] == [8000, 8001, 8002]
     assert serve["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert serve["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}

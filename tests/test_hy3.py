@@ -206,10 +206,10 @@ def test_engine_build_refuses_hy3_until_it_has_a_model_definition(golden_layouts
 
 
 def test_synth_hy3_writes_tencents_layout(hy3_golden, tmp_path):
-    from hunyuan_trtllm.checkpoints.synth import synth_config
     from safetensors import safe_open
 
     from hunyuan_trtllm.builder.planner_models import preset_spec
+    from hunyuan_trtllm.synth.checkpoint import synth_config
 
     path = hy3_golden[0]
     synth_checkpoint(tmp_path / "s", "hy3", dtype="bfloat16", min_router_gap=0.0)

@@ -113,6 +113,7 @@ def test_serve_with_triton_on_engines(tmp_path):
     assert record["repo"] == ["ensemble", "postprocessing", "preprocessing", "repo.json", "tensorrt_llm",
                               "tensorrt_llm_bls"]
     assert f"--http-port={port}" in record["argv"] and f"--metrics-port={port + 2}" in record["argv"]
+    assert {f"--{kind}-address=127.0.0.1" for kind in ("http", "grpc", "metrics")} <= set(record["argv"])
     assert f"Triton: http://127.0.0.1:{port}" in output
 
 
@@ -149,3 +150,19 @@ def test_triton_repo_command(tiny_models, tmp_path):
     settings = yaml.safe_load((tmp_path / "llm" / "tensorrt_llm" / "1" / "model.yaml").read_text())
     assert settings["moe_expert_parallel_size"] == 2 and settings["tensor_parallel_size"] == 2
     assert settings["trust_remote_code"] is False  # never run the checkpoint's code unless asked
+
+
+def test_bad_listen_address_is_one_error_line_before_anything_starts(tiny, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        for args, message in ((["--port", "99999"], "error: port 99999 is not a TCP port"),
+                              (["--port", str(taken)], f"error: cannot listen on 127.0.0.1:{taken}"),
+                              (["--host", "no.such.host.invalid"], "error: cannot listen on no.such.host.invalid")):
+            done = subprocess.run([sys.executable, "-m", "hunyuan_trtllm", "serve", str(tiny["ckpt"]), "--dry-run",
+                                   *args], capture_output=True, text=True, timeout=120, env={**os.environ,
+                                                                                          "TMPDIR": str(tmp_path)})
+            assert done.returncode == 2 and done.stdout == "", done
+            assert done.stderr.splitlines() == [done.stderr.strip()] and done.stderr.startswith(message), done.stderr
+    assert not list(tmp_path.iterdir())  # nothing was started or written

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -206,3 +207,34 @@ def test_serve_dry_run_command(checkpoint, tmp_path):
     leftovers = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert not leftovers
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("hunyuan-", "hy-triton-"))]
+
+
+def test_disconnected_non_streaming_request_is_cancelled_in_triton(checkpoint, tiny_models, tmp_path):
+    """A client that goes away mid-generation (non-streaming) cancels its Triton request: the reference model
+    stops at its next step and logs how far it got."""
+    from hunyuan_trtllm.serve.launch import TritonTokenBackend, openai_endpoint
+    from hunyuan_trtllm.serve.repository import RepoOptions, write_triton_repo
+    from hunyuan_trtllm.serve.triton_server import TritonServer
+
+    tokenizer = HunyuanTokenizer.from_model_dir(tiny_models["a13b"])
+    repo = write_triton_repo(checkpoint, tmp_path / "repo", "reference",
+                             options=RepoOptions(tokenizer_dir=tiny_models["a13b"], max_seq_len=4096))
+    max_tokens = 4000
+    with TritonServer(repo) as triton:
+        backend = TritonTokenBackend(f"127.0.0.1:{triton.grpc_port}", 64, 4096, tokenizer.eos_token_id,
+                                     tokenizer.pad_token_id)
+        with openai_endpoint(backend, tokenizer, MODEL, "127.0.0.1", free_port()) as url:
+            host, port = url.removeprefix("http://").split(":")
+            body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": max_tokens, "temperature": 0}).encode()
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                sock.settimeout(3.0)
+                with pytest.raises(TimeoutError):  # still generating: no answer yet
+                    sock.recv(1)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and "request cancelled after" not in triton.log_tail(200):
+                time.sleep(0.2)
+        log = triton.log_tail(200)
+    cancelled = re.search(r"request cancelled after (\d+) tokens", log)
+    assert cancelled and 0 < int(cancelled.group(1)) < max_tokens - 1, log

@@ -7,6 +7,7 @@ model (with a stand-in ``tensorrt_llm`` package) and a failing start. Skipped wi
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import os
 import time
@@ -280,13 +281,19 @@ class LLM:
 }
 
 
-@needs_pytriton
-def test_llmapi_model_and_a_clean_stop(tiny, tmp_path) -> None:
-    repo = write_triton_repo(tiny["src"], tmp_path / "llmapi", "llmapi", 8, True, RepoOptions(tp=2, ep=2))
+def llmapi_repo(tiny, where: Path) -> Path:
+    """The llmapi repository ``serve --with triton`` writes for an HF model, with the stand-in TensorRT-LLM."""
+    repo = write_triton_repo(tiny["src"], where, "llmapi", 8, True, RepoOptions(tp=2, ep=2))
     for name, text in FAKE_TRTLLM.items():  # the model directory is on the stub's sys.path
         path = repo / "tensorrt_llm" / "1" / "tensorrt_llm" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    return repo
+
+
+@needs_pytriton
+def test_llmapi_model_and_a_clean_stop(tiny, tmp_path) -> None:
+    repo = llmapi_repo(tiny, tmp_path / "llmapi")
     server = TritonServer(repo, ready_timeout=60)
     with server:
         pgid, workspace = server.process.pid, server.workspace
@@ -323,3 +330,46 @@ def test_missing_pytriton_is_a_user_error(monkeypatch) -> None:
         triton_server.find_triton()
     with pytest.raises(UserError, match="pip install nvidia-pytriton"):
         TritonServer(Path(".")).start()
+
+
+@needs_pytriton
+def test_serve_with_triton_listens_only_on_its_host(tiny, tmp_path, monkeypatch) -> None:
+    """``serve --with triton`` runs the image's tritonserver: here the bundled one, behind a ``tritonserver`` on
+    PATH that adds what the CPU bundle needs. Every port it opens must be on --host (127.0.0.1 by default)."""
+    import psutil
+
+    from hunyuan_trtllm.serve.launch import run_system_triton
+    from hunyuan_trtllm.serve.triton_server import HOST
+
+    install = triton_server.find_triton()
+    backends = triton_server.prepare_backends(install, tmp_path / "backends")
+    env = triton_server.server_env(install)
+    prefix = f"hybind{os.getpid()}-"
+    wrapper = tmp_path / "bin" / "tritonserver"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!/bin/sh\nexport LD_LIBRARY_PATH='{env['LD_LIBRARY_PATH']}' PATH='{env['PATH']}'\n"
+                       f"exec '{install.binary}' --backend-directory='{backends}' --disable-auto-complete-config "
+                       f"--backend-config=python,shm-region-prefix-name={prefix} \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    port = triton_server.free_port()
+    runner = ThreadPoolExecutor(1).submit(run_system_triton, llmapi_repo(tiny, tmp_path / "repo"), 90, port)
+    try:
+        deadline, listening, process = time.monotonic() + 120, set(), None
+        while time.monotonic() < deadline and not runner.done() and len(listening) < 3:
+            time.sleep(0.5)
+            process = next((p for p in psutil.Process().children(recursive=True) if p.name() == "tritonserver"),
+                           None)
+            if process is not None:
+                listening = {(c.laddr.ip, c.laddr.port) for c in process.net_connections("inet")
+                             if c.status == psutil.CONN_LISTEN}
+        assert process is not None and not runner.done(), runner.exception() if runner.done() else "no server"
+        assert {p for _, p in listening} >= {port, port + 1, port + 2}, listening
+        addresses = {ipaddress.ip_address(ip) for ip, _ in listening}  # gRPC: an IPv6 socket, IPv4-mapped
+        assert {getattr(a, "ipv4_mapped", None) or a for a in addresses} == {ipaddress.ip_address(HOST)}, listening
+    finally:
+        if process is not None:
+            os.killpg(process.pid, 2)  # Ctrl-C: run_system_triton stops the server group and returns
+        runner.result(timeout=90)
+        for region in Path("/dev/shm").glob(f"{prefix}*"):
+            region.unlink(missing_ok=True)

@@ -32,6 +32,10 @@ from hunyuan_trtllm.errors import UserError
 
 Message = dict[str, Any]
 
+
+class TemplateOutputTooLarge(ValueError):
+    """The rendered prompt would be longer than the caller's limit."""
+
 START = "<|startoftext|>"
 SYSTEM_END = "<|extra_4|>"
 USER_END = "<|extra_0|>"
@@ -181,11 +185,13 @@ class ChatTemplate:
     """A model's chat template: Jinja source rendered in a sandbox, or ``None`` source for the built-in one."""
 
     def __init__(self, source: str | None = None, variables: dict[str, str] | None = None) -> None:
-        """Compile ``source``; ``variables`` (e.g. ``bos_token``) are visible to the template."""
+        """Parse ``source`` (compiled at the first render); ``variables`` (e.g. ``bos_token``) are visible to it."""
         self.source = source
         self._variables = dict(variables or {})
-        try:
-            self._compiled = None if source is None else _environment().from_string(source)
+        self._compiled: jinja2.Template | None = None
+        try:  # parsed now, compiled at the first render: Jinja's compiler folds constants (`{{ 'x' * 10**10 }}`)
+            if source is not None:
+                _environment().parse(source)
         except jinja2.TemplateError as exc:
             raise UserError(f"chat_template does not compile: {exc}") from None
 
@@ -209,13 +215,20 @@ class ChatTemplate:
         return cls(source if isinstance(source, str) else None, variables)
 
     @property
+    def variables(self) -> dict[str, str]:
+        """The special-token variables (``bos_token``, ...) the template sees."""
+        return dict(self._variables)
+
+    @property
     def is_builtin(self) -> bool:
         """Whether this is the built-in A13B renderer."""
-        return self._compiled is None
+        return self.source is None
 
     def render(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
-               enable_thinking: bool = True, add_generation_prompt: bool = True) -> str:
+               enable_thinking: bool = True, add_generation_prompt: bool = True, max_chars: int | None = None) -> str:
         """The prompt for ``messages``; ``ValueError`` for messages the template cannot render.
+
+        A Jinja template stops with :class:`TemplateOutputTooLarge` once its output passes ``max_chars``.
 
         ``enable_thinking`` is first overridden by a ``/think`` or ``/no_think`` prefix (:func:`thinking_enabled`).
         ``add_generation_prompt`` is passed to Jinja templates; the A13B format has no separate generation prompt
@@ -224,10 +237,18 @@ class ChatTemplate:
         normalized = normalize_messages(messages)
         thinking = thinking_enabled(normalized, enable_thinking)
         try:
-            if self._compiled is None:
+            if self.source is None:
                 return render_builtin(normalized, tools, thinking)
-            return self._compiled.render(
-                messages=normalized, tools=list(tools) if tools else None, enable_thinking=thinking,
-                add_generation_prompt=add_generation_prompt, **self._variables)
+            if self._compiled is None:
+                self._compiled = _environment().from_string(self.source)
+            pieces, size = [], 0
+            for piece in self._compiled.generate(
+                    messages=normalized, tools=list(tools) if tools else None, enable_thinking=thinking,
+                    add_generation_prompt=add_generation_prompt, **self._variables):
+                size += len(piece)
+                if max_chars is not None and size > max_chars:
+                    raise TemplateOutputTooLarge(f"the chat template's output passed {max_chars} characters")
+                pieces.append(piece)
+            return "".join(pieces)
         except (jinja2.TemplateError, TypeError, KeyError) as exc:
             raise ValueError(f"chat template cannot render these messages: {exc}") from None

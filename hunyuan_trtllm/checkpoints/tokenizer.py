@@ -4,7 +4,10 @@ Two vocabularies exist (/work/shared/reference/hunyuan.md sections 4 and 5.1):
 
 * ``hy.tiktoken`` (A13B, Large, 7B dense, our synthetic models): tiktoken BPE with Hunyuan's split regex and the
   210 special tokens after the BPE ranks. Text is NFC-normalised before encoding, as Tencent's ``HYTokenizer``
-  does, and special-token strings in the text become their ids (the chat template relies on it).
+  does. :meth:`HunyuanTokenizer.encode` turns special-token strings into their ids (a raw completion prompt is
+  the user's to write); a chat prompt goes through :meth:`HunyuanTokenizer.encode_chat`, where only the
+  template's own special tokens become control tokens and the request's text stays text
+  (:mod:`hunyuan_trtllm.checkpoints.prompt_guard`).
 * ``tokenizer.json`` (0.5B / 1.8B / 4B dense): a byte-level BPE read with the ``tokenizers`` package; used only
   when the model directory has no ``hy.tiktoken``.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import threading
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -30,6 +34,7 @@ import tiktoken
 
 from hunyuan_trtllm.checkpoints.chat_template import TURN_END, ChatTemplate, Message
 from hunyuan_trtllm.checkpoints.hy_tokenizer import load_hy_tiktoken
+from hunyuan_trtllm.checkpoints.prompt_guard import ProtectedChat, protect_chat, special_pattern
 from hunyuan_trtllm.errors import UserError
 
 PAD = "<|pad|>"
@@ -40,6 +45,9 @@ class _Backend(Protocol):
 
     vocab_size: int
     special_ids: frozenset[int]
+    specials: dict[str, int]  # special-token string -> id
+
+    def normalize(self, text: str) -> str: ...
 
     def encode(self, text: str, allow_special: bool) -> list[int]: ...
 
@@ -54,7 +62,11 @@ class _TiktokenBackend:
     def __init__(self, encoding: tiktoken.Encoding) -> None:
         self._encoding = encoding
         self.vocab_size = encoding.n_vocab
-        self.special_ids = frozenset(encoding.encode_single_token(name) for name in encoding.special_tokens_set)
+        self.specials = {name: encoding.encode_single_token(name) for name in encoding.special_tokens_set}
+        self.special_ids = frozenset(self.specials.values())
+
+    def normalize(self, text: str) -> str:
+        return unicodedata.normalize("NFC", text)
 
     def encode(self, text: str, allow_special: bool) -> list[int]:
         text = unicodedata.normalize("NFC", text)
@@ -94,9 +106,11 @@ class _HFBackend:
             raise UserError(f"{path}: cannot load tokenizer ({exc})") from None
         if decoder != "ByteLevel":
             raise UserError(f"{path}: decoder {decoder!r} is not supported (only byte-level BPE)")
+        self._mode = threading.Lock()  # encode_special_tokens is shared state; the endpoint encodes in threads
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         added = self._tokenizer.get_added_tokens_decoder()
-        self.special_ids = frozenset(i for i, token in added.items() if token.special)
+        self.specials = {token.content: i for i, token in added.items() if token.special}
+        self.special_ids = frozenset(self.specials.values())
         alphabet = _byte_level_alphabet()
         pieces = [self._tokenizer.id_to_token(i) or "" for i in range(self.vocab_size)]
         try:
@@ -104,9 +118,13 @@ class _HFBackend:
         except KeyError as exc:
             raise UserError(f"{path}: token character {exc} is not in the byte-level alphabet") from None
 
+    def normalize(self, text: str) -> str:
+        return text  # the tokenizer's own normalizer runs inside encode
+
     def encode(self, text: str, allow_special: bool) -> list[int]:
-        self._tokenizer.encode_special_tokens = not allow_special
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        with self._mode:
+            self._tokenizer.encode_special_tokens = not allow_special
+            return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         return b"".join(self._bytes[i] for i in ids)
@@ -150,6 +168,7 @@ class HunyuanTokenizer:
         """Prefer :meth:`from_model_dir`; ids named in the configs must exist in the vocabulary."""
         self._backend = backend
         self._template = template
+        self._special_pattern = special_pattern(backend.specials)
         names = [_token_text(tokenizer_config.get("eos_token")), TURN_END]
         named = [i for i in (self._optional_id(n) for n in names) if i is not None]
         generation = _int_list(generation_config.get("eos_token_id"))
@@ -228,12 +247,48 @@ class HunyuanTokenizer:
         """Text of ``ids``; invalid UTF-8 becomes U+FFFD, as in Tencent's tokenizer."""
         return self.decode_bytes(ids, skip_special_tokens).decode("utf-8", errors="replace")
 
+    @property
+    def chat_template(self) -> ChatTemplate:
+        """The model's chat template; :class:`UserError` when it has none."""
+        if self._template is None:
+            raise UserError("this model has no chat template (tokenizer_config.json has no chat_template)")
+        return self._template
+
     def render_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
                     enable_thinking: bool = True, add_generation_prompt: bool = True) -> str:
         """The prompt text for ``messages`` (OpenAI-style dicts); see :meth:`ChatTemplate.render`."""
-        if self._template is None:
-            raise UserError("this model has no chat template (tokenizer_config.json has no chat_template)")
-        return self._template.render(messages, tools, enable_thinking, add_generation_prompt)
+        return self.chat_template.render(messages, tools, enable_thinking, add_generation_prompt)
+
+    def protect_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None
+                     ) -> ProtectedChat:
+        """``messages`` and ``tools`` with their special-token strings kept from becoming control tokens."""
+        return protect_chat(list(messages), None if tools is None else list(tools), self._special_pattern,
+                            self.chat_template.source or "")
+
+    def encode_prompt(self, prompt: str, sentinel: str | None) -> list[int]:
+        """Ids of a rendered chat prompt: intact special-token strings are control tokens, the rest plain text.
+
+        ``sentinel`` (from :meth:`protect_chat`) is removed from the plain text; without special-token strings
+        typed by the user this equals :meth:`encode` of ``prompt``.
+        """
+        text, ids, start = self._backend.normalize(prompt), [], 0
+        for match in self._special_pattern.finditer(text):
+            ids += self._plain(text[start : match.start()], sentinel)
+            ids.append(self._backend.specials[match.group()])
+            start = match.end()
+        return ids + self._plain(text[start:], sentinel)
+
+    def _plain(self, text: str, sentinel: str | None) -> list[int]:
+        if sentinel is not None:
+            text = text.replace(sentinel, "")
+        return self._backend.encode(text, allow_special=False) if text else []
+
+    def encode_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
+                    enable_thinking: bool = True, add_generation_prompt: bool = True) -> list[int]:
+        """The prompt ids for ``messages``: the template's structure as control tokens, the request's text as text."""
+        chat = self.protect_chat(messages, tools)
+        prompt = self.render_chat(chat.messages, chat.tools, enable_thinking, add_generation_prompt)
+        return self.encode_prompt(prompt, chat.sentinel)
 
 
 class IncrementalDetokenizer:

@@ -7,11 +7,15 @@ import signal
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from hunyuan_trtllm.cli.app import cli, console, print_json, print_table
 from hunyuan_trtllm.errors import UserError
+
+if TYPE_CHECKING:
+    from hunyuan_trtllm.serve.http_safety import ServerLimits
 
 FLAVOR_HELP = "engine: TensorRT-LLM 1.2.1 engines; llmapi: PyTorch backend (HF checkpoint); reference: CPU emulation"
 
@@ -80,7 +84,9 @@ def triton_repo(source: Path, out: Path, flavor: str, tokenizer: Path | None, ma
               show_default=True, help="The server to run (on a GPU host / NVIDIA image).")
 @click.option("--dry-run", is_flag=True,
               help="Serve on this CPU: the reference flavor in the Triton bundled with nvidia-pytriton.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address of the OpenAI endpoint.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address every server started binds to (the OpenAI endpoint; with --with triton, Triton's HTTP, "
+                   "gRPC and metrics ports).")
 @click.option("--port", default=8000, show_default=True, help="Port of the OpenAI endpoint.")
 @click.option("--model-name", default=None, help="Model id in /v1/models (default: the directory name).")
 @click.option("--tokenizer", type=click.Path(path_type=Path), default=None, help="HF model dir with the tokenizer.")
@@ -97,10 +103,14 @@ def triton_repo(source: Path, out: Path, flavor: str, tokenizer: Path | None, ma
 @click.option("--triton-port", default=8000, show_default=True,
               help="--with triton: Triton's HTTP port (gRPC and metrics on the next two).")
 @click.option("--ready-timeout", default=1800.0, show_default=True, help="Seconds to wait for the server.")
+@click.option("--max-request-mb", default=32.0, show_default=True,
+              help="OpenAI endpoint: larger request bodies get a 413.")
+@click.option("--template-timeout", default=5.0, show_default=True,
+              help="OpenAI endpoint: seconds the chat template may take to render a prompt.")
 def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_name: str | None,
           tokenizer: Path | None, tp: int, ep: int, pp: int, max_batch_size: int, max_num_tokens: int,
           max_seq_len: int | None, kv_cache_dtype: str, attention_dp: str, trust_remote_code: bool,
-          triton_port: int, ready_timeout: float) -> None:
+          triton_port: int, ready_timeout: float, max_request_mb: float, template_timeout: float) -> None:
     """Serve SOURCE (engines, a converted checkpoint or an HF model) behind an OpenAI-compatible endpoint.
 
     \b
@@ -110,12 +120,18 @@ def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_
       hunyuan-trtllm serve engines/ --with triton --tokenizer ./Hunyuan-A13B-Instruct
       hunyuan-trtllm serve ckpt/ --dry-run --port 8000                      # CPU, real Triton, no GPU
     """
+    from hunyuan_trtllm.serve.http_safety import ServerLimits
+    from hunyuan_trtllm.serve.launch import check_listen
     from hunyuan_trtllm.serve.trtllm_serve import ServeOptions
 
+    check_listen(host, [port] if dry_run or runner == "trtllm-serve" else [triton_port + i for i in range(3)])
+    if max_request_mb <= 0 or template_timeout <= 0:
+        raise UserError("--max-request-mb and --template-timeout must be positive")
+    limits = ServerLimits(max_body_bytes=int(max_request_mb * 2**20), template_timeout_s=template_timeout)
     signal.signal(signal.SIGTERM, _interrupt)  # `docker stop` / Kubernetes: shut down like Ctrl-C, cleaning up
     name = model_name or source.resolve().name
     if dry_run:
-        _dry_run(source, tokenizer, host, port, name, max_seq_len)
+        _dry_run(source, tokenizer, host, port, name, max_seq_len, limits)
         return
     if runner == "trtllm-serve":
         from hunyuan_trtllm.serve.launch import run_trtllm_serve
@@ -138,14 +154,15 @@ def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_
         options = RepoOptions(tokenizer_dir=tokenizer or source, tp=tp, ep=ep, pp=pp, max_seq_len=max_seq_len,
                               trust_remote_code=trust_remote_code)
         repo = write_triton_repo(source, Path(work) / "repo", flavor, options=options)
-        run_system_triton(repo, ready_timeout, triton_port)
+        run_system_triton(repo, ready_timeout, triton_port, host)
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _dry_run(source: Path, tokenizer: Path | None, host: str, port: int, name: str, max_seq_len: int | None) -> None:
+def _dry_run(source: Path, tokenizer: Path | None, host: str, port: int, name: str, max_seq_len: int | None,
+             limits: ServerLimits) -> None:
     from hunyuan_trtllm.checkpoints.provenance import default_tokenizer_dir
     from hunyuan_trtllm.serve.launch import reference_stack
 
@@ -163,7 +180,7 @@ def _dry_run(source: Path, tokenizer: Path | None, host: str, port: int, name: s
             tokenizer = tokenizer or source
         tokenizer = tokenizer or default_tokenizer_dir(ckpt)
         console.print("starting Triton (nvidia-pytriton's bundled server, CPU, reference flavor) ...")
-        with reference_stack(ckpt, tokenizer, host, port, name, max_seq_len=max_seq_len) as endpoint:
+        with reference_stack(ckpt, tokenizer, host, port, name, max_seq_len=max_seq_len, limits=limits) as endpoint:
             console.print(f"[green]ready[/] OpenAI endpoint: {endpoint.url}/v1 (model '{name}'); "
                           f"Triton: {endpoint.triton_url}  (Ctrl-C to stop)")
             try:

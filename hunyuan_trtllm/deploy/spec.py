@@ -264,8 +264,8 @@ def serve_command(spec: DeploySpec) -> list[str]:
     ``build`` copies the tokenizer into ``ENGINE/tokenizer``, where trtllm-serve looks for it."""
     engine, timeout = spec.engine_dir, str(spec.options.startup_timeout_s)
     if spec.options.backend == "triton":
-        return ["hunyuan-trtllm", "serve", engine, "--with", "triton", "--tokenizer", f"{engine}/tokenizer",
-                "--triton-port", str(HTTP_PORT), "--ready-timeout", timeout]
+        return ["hunyuan-trtllm", "serve", engine, "--with", "triton", "--host", "0.0.0.0", "--tokenizer",
+                f"{engine}/tokenizer", "--triton-port", str(HTTP_PORT), "--ready-timeout", timeout]
     return ["hunyuan-trtllm", "serve", engine, "--with", "trtllm-serve", "--host", "0.0.0.0",
             "--port", str(HTTP_PORT), "--ready-timeout", timeout]
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -17,6 +18,7 @@ from rich.console import Console
 
 from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
 from hunyuan_trtllm.errors import UserError
+from hunyuan_trtllm.serve.http_safety import ServerLimits
 from hunyuan_trtllm.serve.openai_server import create_app
 from hunyuan_trtllm.serve.pbtxt import parse
 from hunyuan_trtllm.serve.process import start_process_group, stop_process_group, wait_ready
@@ -52,11 +54,12 @@ def _limits(repo: Path) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def openai_endpoint(backend: TritonTokenBackend, tokenizer: HunyuanTokenizer, model: str, host: str,
-                    port: int) -> Iterator[str]:
+                    port: int, limits: ServerLimits | None = None) -> Iterator[str]:
     """Run the OpenAI endpoint (uvicorn) in a thread for the duration of the ``with`` block; yields its URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(create_app(backend, tokenizer, model), host=host, port=port,
+    app = create_app(backend, tokenizer, model, limits)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
                                            log_level="warning", lifespan="off", timeout_graceful_shutdown=3))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -70,11 +73,13 @@ def openai_endpoint(backend: TritonTokenBackend, tokenizer: HunyuanTokenizer, mo
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+        app.state.prompts.close()  # the chat template's worker processes
 
 
 @contextlib.contextmanager
 def reference_stack(ckpt: Path, tokenizer_dir: Path, host: str, port: int, model: str,
-                    max_batch_size: int | None = None, max_seq_len: int | None = None) -> Iterator[Endpoint]:
+                    max_batch_size: int | None = None, max_seq_len: int | None = None,
+                    limits: ServerLimits | None = None) -> Iterator[Endpoint]:
     """A converted checkpoint served on CPU: reference repository -> bundled Triton -> OpenAI endpoint."""
     from hunyuan_trtllm.serve.triton_server import TritonServer
 
@@ -87,7 +92,7 @@ def reference_stack(ckpt: Path, tokenizer_dir: Path, host: str, port: int, model
         with TritonServer(repo) as triton:
             backend = TritonTokenBackend(f"127.0.0.1:{triton.grpc_port}", max_input_len, limit,
                                          tokenizer.eos_token_id, tokenizer.pad_token_id or tokenizer.eos_token_id)
-            with openai_endpoint(backend, tokenizer, model, host, port) as url:
+            with openai_endpoint(backend, tokenizer, model, host, port, limits) as url:
                 yield Endpoint(url, model, triton.url)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -117,16 +122,43 @@ def triton_environment(repo: Path) -> dict[str, str]:
     return env
 
 
-def run_system_triton(repo: Path, ready_timeout: float, http_port: int = TRITON_HTTP_PORT) -> None:
-    """Run the image's own ``tritonserver`` on a generated repository until Ctrl-C."""
+def check_listen(host: str, ports: list[int]) -> None:
+    """One :class:`UserError` line, before anything starts, when ``host`` cannot listen on one of ``ports``."""
+    for port in ports:
+        if not 1 <= port <= 65535:
+            raise UserError(f"port {port} is not a TCP port (1-65535)")
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+
+
+def url_host(host: str) -> str:
+    """Where a local client reaches a server bound to ``host`` (a wildcard is reached on loopback), URL-ready."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
+def system_triton_command(repo: Path, host: str, http_port: int) -> list[str]:
+    """The image's ``tritonserver`` on ``repo``: HTTP, gRPC and metrics all bound to ``host``."""
+    return ["tritonserver", f"--model-repository={repo}",
+            f"--http-address={host}", f"--http-port={http_port}",
+            f"--grpc-address={host}", f"--grpc-port={http_port + 1}",
+            f"--metrics-address={host}", f"--metrics-port={http_port + 2}"]
+
+
+def run_system_triton(repo: Path, ready_timeout: float, http_port: int = TRITON_HTTP_PORT,
+                      host: str = "127.0.0.1") -> None:
+    """Run the image's own ``tritonserver`` on a generated repository until Ctrl-C, listening on ``host`` only."""
     if shutil.which("tritonserver") is None:
         raise UserError("tritonserver not found: run inside nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3, "
                         "or use --dry-run for the CPU reference server")
-    http, grpc, metrics = http_port, http_port + 1, http_port + 2
-    command = ["tritonserver", f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}",
-               f"--metrics-port={metrics}"]
-    _run_until_interrupted(command, f"http://127.0.0.1:{http}/v2/health/ready", ready_timeout,
-                           f"Triton: http://127.0.0.1:{http} (gRPC {grpc}, metrics {metrics})",
+    where = f"http://{url_host(host)}:{http_port}"
+    _run_until_interrupted(system_triton_command(repo, host, http_port), f"{where}/v2/health/ready", ready_timeout,
+                           f"Triton: {where} (gRPC {http_port + 1}, metrics {http_port + 2})",
                            env=triton_environment(repo))
 
 

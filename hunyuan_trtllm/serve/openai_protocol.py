@@ -6,7 +6,9 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a signed 64-bit integer, as OpenAI and vLLM accept
 
 
 class ChatMessage(BaseModel):
@@ -17,6 +19,16 @@ class ChatMessage(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts_hold_text(cls, content: Any) -> Any:
+        """A ``{"type": "text"}`` part's ``text`` must be a string (else a 400, not a 500 later)."""
+        if isinstance(content, list):
+            for index, part in enumerate(content):
+                if part.get("type") == "text" and not isinstance(part.get("text"), str):
+                    raise ValueError(f"content part {index}: 'text' must be a string")
+        return content
 
     def text(self) -> str:
         """The message text; OpenAI's list-of-parts form is joined (text parts only)."""
@@ -32,23 +44,23 @@ class StreamOptions(BaseModel):
 class SamplingRequest(BaseModel):
     """Fields shared by chat and text completions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # NaN / Infinity are 400s
 
     model: str
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     n: int = 1
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
 
     def stop_strings(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+        """The stop strings; empty ones are ignored (they would end every generation at once)."""
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        return [s for s in stops if s]
 
 
 class ChatCompletionRequest(SamplingRequest):

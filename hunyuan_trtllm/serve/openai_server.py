@@ -4,23 +4,29 @@
 (Prometheus). Hunyuan's ``<think>…</think><answer>…</answer>`` becomes ``reasoning_content`` / ``content`` and
 ``<tool_calls>[…]</tool_calls>`` becomes ``tool_calls``; tools in the request reach the chat template;
 ``chat_template_kwargs.enable_thinking`` (or ``/no_think``) turns thinking off.
+
+Limits and errors (:mod:`hunyuan_trtllm.serve.http_safety`): bodies over ``max_body_bytes`` get a 413; the chat
+template renders in a bounded worker process and prompts are tokenized in threads, never on the event loop; a
+non-streaming request whose client disconnects is cancelled (so is its Triton request); every error is an OpenAI
+error body (``{"error": {"message", "type", "param", "code"}}``) with its 4xx/5xx status.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
-from hunyuan_trtllm.errors import UserError
+from hunyuan_trtllm.serve.chat_prompts import ChatPrompts, PromptError
 from hunyuan_trtllm.serve.generation import GenerationParams, TokenBackend, generate_text
+from hunyuan_trtllm.serve.http_safety import BodySizeLimit, ServerLimits, install_error_handlers, until_disconnected
 from hunyuan_trtllm.serve.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -55,21 +61,20 @@ class _Metrics:
                                  registry=self.registry)
 
 
-def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: str) -> FastAPI:
-    """The FastAPI application serving ``model_name`` through ``backend``."""
+def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: str,
+               limits: ServerLimits | None = None) -> FastAPI:
+    """The FastAPI application serving ``model_name`` through ``backend`` within ``limits``."""
+    limits = limits or ServerLimits()
     app = FastAPI(title="hunyuan-trtllm OpenAI endpoint")
+    app.add_middleware(BodySizeLimit, limit=limits.max_body_bytes)
+    install_error_handlers(app)
     metrics = _Metrics()
+    prompts = app.state.prompts = ChatPrompts(tokenizer, limits)  # launch.openai_endpoint closes it
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse(error_body(str(exc), param=exc.param, code=exc.code), status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = f"{where}: {first.get('msg', 'invalid request')}" if where else "malformed JSON body"
-        return JSONResponse(error_body(message, param=where or None), status_code=400)
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        return JSONResponse(error_body(str(exc), kind, param=exc.param, code=exc.code), status_code=exc.status)
 
     @app.get("/health")
     async def health() -> Response:
@@ -103,17 +108,21 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
             raise RequestError("temperature must be >= 0", param="temperature")
         if request.top_p is not None and not 0 < request.top_p <= 1:
             raise RequestError("top_p must be in (0, 1]", param="top_p")
+        if request.top_k is not None and request.top_k < -1:
+            raise RequestError("top_k must be -1 or 0 (no top-k cut) or at least 1", param="top_k")
         greedy = request.temperature == 0
         return GenerationParams(
             max_tokens=max(1, min(limit or DEFAULT_MAX_TOKENS, room)),
             temperature=1.0 if greedy or request.temperature is None else request.temperature,
             top_p=request.top_p or 1.0,
-            top_k=1 if greedy else (request.top_k or 0),
-            seed=request.seed,
+            # -1 (vLLM) and 0 (TensorRT-LLM): no cut; more than the vocabulary is no cut either (and fits int32)
+            top_k=1 if greedy else min(max(request.top_k or 0, 0), tokenizer.vocab_size),
+            seed=None if request.seed is None else request.seed % 2**64,  # TensorRT-LLM's seed is unsigned
             stop_token_ids=tokenizer.stop_token_ids,
         )
 
-    async def run(endpoint: str, request, prompt_ids: list[int], params: GenerationParams, stream_body):
+    async def run(endpoint: str, request, raw: Request, prompt_ids: list[int], params: GenerationParams,
+                  stream_body):
         metrics.prompt_tokens.inc(len(prompt_ids))
         started = time.monotonic()
         events = generate_text(backend, tokenizer, prompt_ids, params, request.stop_strings())
@@ -131,24 +140,28 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
 
             metrics.requests.labels(endpoint, "200").inc()
             return StreamingResponse(sse(), media_type="text/event-stream")
-        text, finish, completion = "", "stop", 0
-        async for event in events:
-            text += event.text
-            finish, completion = event.finish_reason or finish, event.completion_tokens
+
+        async def collect() -> tuple[str, str, int]:
+            text, finish, completion = "", "stop", 0
+            async for event in events:
+                text += event.text
+                finish, completion = event.finish_reason or finish, event.completion_tokens
+            return text, finish, completion
+
+        text, finish, completion = await until_disconnected(raw, collect())  # a client gone: generation stops
         metrics.completion_tokens.inc(completion)
         metrics.latency.labels(endpoint).observe(time.monotonic() - started)
         metrics.requests.labels(endpoint, "200").inc()
         return text, finish, usage(len(prompt_ids), completion)
 
     @app.post("/v1/chat/completions")
-    async def chat(request: ChatCompletionRequest) -> Any:
+    async def chat(request: ChatCompletionRequest, raw: Request) -> Any:
         messages = [m.model_dump(exclude_none=True) | {"content": m.text()} for m in request.messages]
         thinking = (request.chat_template_kwargs or {}).get("enable_thinking", True)
         try:
-            prompt = tokenizer.render_chat(messages, tools=request.tools, enable_thinking=bool(thinking))
-        except (UserError, ValueError) as exc:
-            raise RequestError(str(exc), param="messages") from None
-        prompt_ids = tokenizer.encode(prompt)
+            prompt_ids = await prompts.ids(messages, request.tools, bool(thinking))
+        except PromptError as exc:
+            raise RequestError(str(exc), exc.status, "messages", exc.code) from None
         params = check(request, prompt_ids)
         request_id = new_id("chatcmpl")
 
@@ -175,7 +188,7 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
                 yield chat_chunk(request_id, request.model, {}, token_usage=usage(len(prompt_ids), completion)), \
                     completion
 
-        result = await run("chat", request, prompt_ids, params, stream_body)
+        result = await run("chat", request, raw, prompt_ids, params, stream_body)
         if isinstance(result, StreamingResponse):
             return result
         text, finish, token_usage = result
@@ -188,8 +201,9 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
         return chat_response(request_id, request.model, message, finish, token_usage)
 
     @app.post("/v1/completions")
-    async def completions(request: CompletionRequest) -> Any:
-        prompt_ids = list(request.prompt) if isinstance(request.prompt, list) else tokenizer.encode(request.prompt)
+    async def completions(request: CompletionRequest, raw: Request) -> Any:
+        prompt_ids = list(request.prompt) if isinstance(request.prompt, list) else await asyncio.to_thread(
+            tokenizer.encode, request.prompt)
         if any(not 0 <= t < tokenizer.vocab_size for t in prompt_ids):
             raise RequestError("prompt token ids must be within the vocabulary", param="prompt")
         params = check(request, prompt_ids)
@@ -206,7 +220,7 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
                 yield completion_response(request_id, request.model, "", None, usage(len(prompt_ids), completion),
                                           chunk=True), completion
 
-        result = await run("completions", request, prompt_ids, params, stream_body)
+        result = await run("completions", request, raw, prompt_ids, params, stream_body)
         if isinstance(result, StreamingResponse):
             return result
         text, finish, token_usage = result

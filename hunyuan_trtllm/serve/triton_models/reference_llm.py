@@ -170,6 +170,8 @@ class TritonPythonModel:
         """One step of ``job``; False once it has been answered for good."""
         try:
             if job.request.is_cancelled():
+                pb_utils.Logger.log_info(f"reference tensorrt_llm: request cancelled after "
+                                         f"{len(job.sequence.tokens)} tokens")
                 _send_quietly(job.sender, None)
                 return False
             token = job.sequence.step(self.executor)
