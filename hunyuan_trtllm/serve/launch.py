@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hunyuan_trtllm.errors import UserError
+from hunyuan_trtllm.serve.openai_fields import MAX_TOP_LOGPROBS
 from hunyuan_trtllm.serve.openai_server import create_app
 from hunyuan_trtllm.serve.pbtxt import parse
 from hunyuan_trtllm.serve.process import start_process_group, stop_process_group, wait_ready
@@ -92,7 +93,8 @@ def reference_stack(ckpt: Path, tokenizer_dir: Path, host: str, port: int, model
         max_input_len, limit = _limits(repo)
         with TritonServer(repo) as triton:
             backend = TritonTokenBackend(f"127.0.0.1:{triton.grpc_port}", max_input_len, limit,
-                                         tokenizer.eos_token_id, tokenizer.pad_token_id or tokenizer.eos_token_id)
+                                         tokenizer.eos_token_id, tokenizer.pad_token_id or tokenizer.eos_token_id,
+                                         max_top_logprobs=MAX_TOP_LOGPROBS, guided_decoding=True)
             with openai_endpoint(backend, tokenizer, model, host, port) as url:
                 yield Endpoint(url, model, triton.url)
     finally:

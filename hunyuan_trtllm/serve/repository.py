@@ -220,8 +220,12 @@ def _reference_repo(source: Path, max_batch_size: int | None, streaming: bool,
                  llm_decoupled=True, logits_dtype=cfg.LOGITS_DTYPES.get(config.get("logits_dtype", ""), "FP32"))
     params = {"checkpoint_dir": str(source), "max_batch_size": str(spec.max_batch_size),
               "max_input_len": str(max_input_len), "max_seq_len": str(max_seq_len),
-              "exclude_input_in_output": flag(options.exclude_input_in_output), "allow_streaming": flag(streaming)}
+              "exclude_input_in_output": flag(options.exclude_input_in_output), "allow_streaming": flag(streaming),
+              "tokenizer_dir": str(spec.tokenizer_dir), "guided_decoding_backend": "xgrammar"}
     llm = cfg.tensorrt_llm_config(spec, "python", params)
+    extra_inputs, extra_outputs = cfg.reference_llm_extras()
+    llm["input"] += extra_inputs
+    llm["output"] += extra_outputs
     mapping = config["mapping"]
     return _pipeline(spec, llm, _model_source("reference_llm")), {
         "world_size": mapping["tp_size"] * mapping["pp_size"], "tp": mapping["tp_size"], "pp": mapping["pp_size"]}

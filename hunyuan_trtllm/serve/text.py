@@ -150,6 +150,7 @@ class HunyuanTokenizer:
         """Prefer :meth:`from_model_dir`; ids named in the configs must exist in the vocabulary."""
         self._backend = backend
         self._template = template
+        self.generation_config: dict[str, Any] = dict(generation_config)  # sampling defaults (temperature, ...)
         names = [_token_text(tokenizer_config.get("eos_token")), TURN_END]
         named = [i for i in (self._optional_id(n) for n in names) if i is not None]
         generation = _int_list(generation_config.get("eos_token_id"))
@@ -206,6 +207,11 @@ class HunyuanTokenizer:
         """Ids that end generation, in file order, without repeats (see the module docstring)."""
         return self._stop_ids
 
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of the special (control) tokens, which ``skip_special_tokens`` leaves out of decoded text."""
+        return self._backend.special_ids
+
     def token_id(self, name: str) -> int:
         """The id of a token written as one piece (e.g. ``"<|extra_0|>"``); ``KeyError`` when there is none."""
         token = self._backend.token_id(name)
@@ -228,7 +234,7 @@ class HunyuanTokenizer:
         return self.decode_bytes(ids, skip_special_tokens).decode("utf-8", errors="replace")
 
     def render_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
-                    enable_thinking: bool = True, add_generation_prompt: bool = True) -> str:
+                    enable_thinking: bool | None = None, add_generation_prompt: bool = True) -> str:
         """The prompt text for ``messages`` (OpenAI-style dicts); see :meth:`ChatTemplate.render`."""
         if self._template is None:
             raise UserError("this model has no chat template (tokenizer_config.json has no chat_template)")
