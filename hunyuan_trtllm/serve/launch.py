@@ -138,6 +138,49 @@ def run_system_triton(repo: Path, ready_timeout: float, http_port: int = TRITON_
                            env=triton_environment(repo))
 
 
+def run_triton_with_endpoint(repo: Path, tokenizer_dir: Path, host: str, port: int, model: str,
+                             ready_timeout: float, http_port: int, grpc_url: str | None = None) -> None:
+    """The production path: the image's ``tritonserver`` on an ``engine`` repository (or one already running at
+    ``grpc_url``, e.g. the multi-node leader's rank 0) with the Hunyuan-aware OpenAI endpoint in front, on
+    ``host:port``, until Ctrl-C. The endpoint's ``/health`` is 200 only once Triton's ``tensorrt_llm`` is ready."""
+    from hunyuan_trtllm.cli import console
+
+    tokenizer = HunyuanTokenizer.from_model_dir(tokenizer_dir)
+    max_input_len, max_seq_len = _limits(repo)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    process = None
+    if grpc_url is None:
+        if shutil.which("tritonserver") is None:
+            raise UserError("tritonserver not found: run inside nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3, "
+                            "or use --dry-run for the CPU reference server")
+        command = triton_command(repo, http_port)
+        console.print(f"[bold]starting[/] {' '.join(command)}")
+        process = start_process_group(command, triton_environment(repo))
+        grpc_url = f"127.0.0.1:{http_port + 1}"
+    # TensorRT-LLM's C++ backend: log probabilities yes, top-k alternatives and guided decoding not here (README).
+    backend = TritonTokenBackend(grpc_url, max_input_len, max_seq_len, tokenizer.eos_token_id, pad)
+    try:
+        with openai_endpoint(backend, tokenizer, model, host, port) as url:
+            if process is not None:
+                wait_ready(process, f"http://127.0.0.1:{http_port}/v2/health/ready", ready_timeout)
+            console.print(f"[green]ready[/] OpenAI endpoint: {url}/v1 (model '{model}'); Triton gRPC {grpc_url}  "
+                          "(Ctrl-C to stop)")
+            if process is not None:
+                process.wait()
+            else:
+                while True:
+                    time.sleep(3600)
+    finally:
+        if process is not None:
+            stop_process_group(process)
+
+
+def triton_command(repo: Path, http_port: int) -> list[str]:
+    """``tritonserver`` on ``repo`` with HTTP, gRPC and metrics on ``http_port`` and the next two ports."""
+    return ["tritonserver", f"--model-repository={repo}", f"--http-port={http_port}", f"--grpc-port={http_port + 1}",
+            f"--metrics-port={http_port + 2}"]
+
+
 def _run_until_interrupted(command: list[str], ready_url: str, timeout: float, banner: str,
                            env: dict[str, str] | None = None) -> None:
     from hunyuan_trtllm.cli import console
