@@ -33,6 +33,7 @@ class Endpoint:
     url: str
     model: str
     triton_url: str | None = None
+    triton_grpc: str | None = None  # host:port of Triton's gRPC (what the endpoint talks to)
 
 
 def default_tokenizer_dir(ckpt: Path) -> Path:
@@ -96,7 +97,7 @@ def reference_stack(ckpt: Path, tokenizer_dir: Path, host: str, port: int, model
                                          tokenizer.eos_token_id, tokenizer.pad_token_id or tokenizer.eos_token_id,
                                          max_top_logprobs=MAX_TOP_LOGPROBS, guided_decoding=True)
             with openai_endpoint(backend, tokenizer, model, host, port) as url:
-                yield Endpoint(url, model, triton.url)
+                yield Endpoint(url, model, triton.url, f"127.0.0.1:{triton.grpc_port}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -165,11 +166,13 @@ def run_triton_with_endpoint(repo: Path, tokenizer_dir: Path, host: str, port: i
                 wait_ready(process, f"http://127.0.0.1:{http_port}/v2/health/ready", ready_timeout)
             console.print(f"[green]ready[/] OpenAI endpoint: {url}/v1 (model '{model}'); Triton gRPC {grpc_url}  "
                           "(Ctrl-C to stop)")
-            if process is not None:
-                process.wait()
-            else:
-                while True:
-                    time.sleep(3600)
+            try:
+                while process is None or process.poll() is None:
+                    time.sleep(1 if process is not None else 3600)
+            except KeyboardInterrupt:
+                console.print("stopping ...")
+                return
+        raise UserError(f"tritonserver exited with code {process.returncode}")
     finally:
         if process is not None:
             stop_process_group(process)
