@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from hunyuan_trtllm.checkpoints.convert import convert
@@ -322,3 +323,36 @@ def test_metrics_count_every_status_and_time_the_first_token(served, tiny_models
         assert f'hunyuan_requests_total{{endpoint="completions",status="{status}"}} 1.0' in text
     assert 'hunyuan_time_to_first_token_seconds_count{endpoint="completions"} 1.0' in text
     assert 'hunyuan_request_seconds_count{endpoint="completions"} 1.0' in text
+
+
+def test_xgrammar_tokenizer_info_for_the_cpp_backend_is_lossless(tmp_path):
+    """The engine repository's xgrammar_tokenizer_info.json (read by TensorRT-LLM's C++ backend): byte-level spelled
+    tokens + a ByteLevel tokenizer_str constrain exactly like the raw token bytes, for the real hy.tiktoken."""
+    xgr = pytest.importorskip("xgrammar")
+    from hunyuan_trtllm.serve.guided import xgrammar_tokenizer_info
+    from tests.conftest import SHARED
+
+    files = SHARED / "fixtures" / "hunyuan-files"
+    if not (files / "hy.tiktoken").is_file():
+        pytest.skip("../shared is absent: no real Hunyuan tokenizer")
+    (tmp_path / "hy.tiktoken").symlink_to(files / "hy.tiktoken")
+    for name in ("tokenizer_config.json", "generation_config.json"):
+        (tmp_path / name).write_bytes((files / "a13b" / name).read_bytes())
+    tokenizer = HunyuanTokenizer.from_model_dir(tmp_path)
+    info = json.loads(json.dumps(xgrammar_tokenizer_info(tokenizer)))  # survives JSON (valid UTF-8 only)
+    detected = xgr.TokenizerInfo._detect_metadata_from_hf(info["tokenizer_str"])
+    assert detected["vocab_type"] == xgr.VocabType.BYTE_LEVEL
+    special = tokenizer.special_ids
+    raw = [b"" if i in special else tokenizer.decode_bytes([i]) for i in range(tokenizer.vocab_size)]
+    infos = [xgr.TokenizerInfo(info["encoded_vocab"], vocab_type=xgr.VocabType.BYTE_LEVEL,
+                               stop_token_ids=info["stop_token_ids"]),
+             xgr.TokenizerInfo(raw, vocab_type=xgr.VocabType.RAW, stop_token_ids=info["stop_token_ids"])]
+    assert infos[0].decoded_vocab == infos[1].decoded_vocab
+    schema = json.dumps({"type": "object", "properties": {"城市": {"type": "string"}}, "required": ["城市"]})
+    matchers = [xgr.GrammarMatcher(xgr.GrammarCompiler(i, max_threads=1).compile_json_schema(schema)) for i in infos]
+    masks = [xgr.allocate_token_bitmask(1, tokenizer.vocab_size) for _ in infos]
+    for token in tokenizer.encode('{"城市": "深圳'):
+        for matcher, mask in zip(matchers, masks, strict=True):
+            matcher.fill_next_token_bitmask(mask)
+        assert torch.equal(masks[0], masks[1]) and masks[0].any()
+        assert all(matcher.accept_token(token) for matcher in matchers)

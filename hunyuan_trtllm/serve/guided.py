@@ -6,8 +6,12 @@ sampling with xgrammar (``guided_decoding_backend: xgrammar``). The ``reference`
 grammar matcher per request masks the logits before sampling (disallowed tokens get -inf) and accepts each
 sampled token; a terminated grammar ends the sequence.
 
-The vocabulary is the model's own tokenizer (``hy.tiktoken`` or ``tokenizer.json``), each token as its raw bytes;
-special tokens are given as empty strings, which xgrammar never allows inside a grammar. JSON schemas compile
+The vocabulary is the model's own tokenizer (``hy.tiktoken`` or ``tokenizer.json``) in the form TensorRT-LLM's C++
+backend reads from ``xgrammar_tokenizer_info_path`` (:func:`xgrammar_tokenizer_info`, written into engine
+repositories): every token's bytes spelled in the GPT-2 byte-level alphabet (JSON can only carry valid UTF-8, and
+``hy.tiktoken`` tokens are raw bytes) with a ``tokenizer_str`` whose ``ByteLevel`` decoder makes xgrammar decode
+them back to bytes; special tokens are empty strings, which xgrammar never allows inside a grammar. The reference
+model builds its grammars from the very same data. JSON schemas compile
 without free whitespace between tokens (``any_whitespace=False``), so a model cannot pad its answer with
 whitespace forever.
 
@@ -82,6 +86,22 @@ def tool_choice_guide(tool_choice: str | dict[str, Any] | None, tools: list[dict
     raise ValueError("tool_choice must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name'}}")
 
 
+BYTE_LEVEL_TOKENIZER_STR = json.dumps({"decoder": {"type": "ByteLevel"}})
+
+
+def xgrammar_tokenizer_info(tokenizer: Any) -> dict[str, Any]:
+    """The ``xgrammar_tokenizer_info.json`` content TensorRT-LLM's C++ backend reads (``encoded_vocab``,
+    ``tokenizer_str``, ``stop_token_ids``) for a :class:`~hunyuan_trtllm.serve.text.HunyuanTokenizer`."""
+    from hunyuan_trtllm.serve.text import byte_level_alphabet
+
+    spell = {byte: char for char, byte in byte_level_alphabet().items()}
+    special = tokenizer.special_ids
+    vocab = ["" if i in special else "".join(spell[b] for b in tokenizer.decode_bytes([i]))
+             for i in range(tokenizer.vocab_size)]
+    return {"encoded_vocab": vocab, "tokenizer_str": BYTE_LEVEL_TOKENIZER_STR,
+            "stop_token_ids": list(tokenizer.stop_token_ids)}
+
+
 class GrammarFactory:
     """Compiles guides for one vocabulary and hands out a matcher per request (``xgrammar`` is imported lazily)."""
 
@@ -91,11 +111,10 @@ class GrammarFactory:
 
         from hunyuan_trtllm.serve.text import HunyuanTokenizer
 
-        tokenizer = HunyuanTokenizer.from_model_dir(tokenizer_dir)
-        special = tokenizer.special_ids
-        vocab = [b"" if i in special else tokenizer.decode_bytes([i]) for i in range(tokenizer.vocab_size)]
-        info = xgr.TokenizerInfo(vocab, vocab_type=xgr.VocabType.RAW, vocab_size=vocab_size,
-                                 stop_token_ids=list(tokenizer.stop_token_ids))
+        data = xgrammar_tokenizer_info(HunyuanTokenizer.from_model_dir(tokenizer_dir))
+        # what xgrammar's TokenizerInfo.from_huggingface detects from tokenizer_str: a byte-level vocabulary
+        info = xgr.TokenizerInfo(data["encoded_vocab"], vocab_type=xgr.VocabType.BYTE_LEVEL, vocab_size=vocab_size,
+                                 stop_token_ids=data["stop_token_ids"])
         self._xgr = xgr
         self._compiler = xgr.GrammarCompiler(info, max_threads=1)
         self.vocab_size = vocab_size

@@ -158,8 +158,10 @@ def run_triton_with_endpoint(repo: Path, tokenizer_dir: Path, host: str, port: i
         console.print(f"[bold]starting[/] {' '.join(command)}")
         process = start_process_group(command, triton_environment(repo))
         grpc_url = f"127.0.0.1:{http_port + 1}"
-    # TensorRT-LLM's C++ backend: log probabilities yes, top-k alternatives and guided decoding not here (README).
-    backend = TritonTokenBackend(grpc_url, max_input_len, max_seq_len, tokenizer.eos_token_id, pad)
+    # TensorRT-LLM's C++ backend: log probabilities and guided decoding (xgrammar, the repository's tokenizer info);
+    # no top-k alternatives (its tensorrt_llm model has no such output).
+    backend = TritonTokenBackend(grpc_url, max_input_len, max_seq_len, tokenizer.eos_token_id, pad,
+                                 guided_decoding=True)
     try:
         with openai_endpoint(backend, tokenizer, model, host, port) as url:
             if process is not None:

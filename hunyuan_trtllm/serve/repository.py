@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ class RepoOptions:
     ep: int = 1  # llmapi only: moe_expert_parallel_size (moe_tensor_parallel_size = tp / ep)
     # llmapi only: let TensorRT-LLM run the checkpoint's own Python (Hunyuan's tokenizer class); only on request.
     trust_remote_code: bool = False
+    xgrammar_info: Path | None = None  # engine: where the repository's xgrammar tokenizer info will be (set for you)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,17 @@ def engine_parameters(engine_dir: Path, facts: EngineFacts, options: RepoOptions
         "normalize_log_probs": "true",
         "decoding_mode": "top_k_top_p",
         "executor_worker_path": EXECUTOR_WORKER,
-    }
+    } | guided_parameters(options)
+
+
+XGRAMMAR_INFO = "xgrammar_tokenizer_info.json"
+
+
+def guided_parameters(options: RepoOptions) -> dict[str, str]:
+    """Guided decoding for the C++ backend: xgrammar with the tokenizer info written next to the config."""
+    if options.xgrammar_info is None:
+        return {}
+    return {"guided_decoding_backend": "xgrammar", "xgrammar_tokenizer_info_path": str(options.xgrammar_info)}
 
 
 def _model_source(name: str) -> str:
@@ -201,7 +212,14 @@ def _engine_repo(source: Path, max_batch_size: int | None, streaming: bool,
                  max_seq_len=facts.max_seq_len, tokenizer_dir=_tokenizer_dir(options, "engine"),
                  streaming=streaming, llm_decoupled=streaming, logits_dtype=facts.logits_dtype)
     llm = cfg.tensorrt_llm_config(spec, "tensorrtllm", engine_parameters(source, facts, options))
-    return _pipeline(spec, llm, None), {"world_size": facts.world_size, "tp": facts.tp, "pp": facts.pp}
+    files = _pipeline(spec, llm, None)
+    if options.xgrammar_info is not None:
+        from hunyuan_trtllm.serve.guided import xgrammar_tokenizer_info
+        from hunyuan_trtllm.serve.text import HunyuanTokenizer
+
+        info = xgrammar_tokenizer_info(HunyuanTokenizer.from_model_dir(spec.tokenizer_dir))
+        files["tensorrt_llm"][XGRAMMAR_INFO] = json.dumps(info, ensure_ascii=False)
+    return files, {"world_size": facts.world_size, "tp": facts.tp, "pp": facts.pp}
 
 
 def _reference_repo(source: Path, max_batch_size: int | None, streaming: bool,
@@ -291,6 +309,8 @@ def write_triton_repo(source: Path, out: Path, flavor: str, max_batch_size: int 
     if out.exists() and not overwrite:
         raise UserError(f"{out}: already exists (pass overwrite to replace it)")
     options = options or RepoOptions()
+    if flavor == "engine":  # guided decoding: TensorRT-LLM's C++ backend reads the vocabulary from this file
+        options = replace(options, xgrammar_info=out / "tensorrt_llm" / XGRAMMAR_INFO)
     files, launch = _BUILDERS[flavor](source, max_batch_size, streaming, options)
     meta = {"flavor": flavor, "source": str(source), "streaming": streaming, **launch,
             "generator": f"hunyuan-trtllm {__version__}"}

@@ -72,7 +72,7 @@ class _TiktokenBackend:
             return None
 
 
-def _byte_level_alphabet() -> dict[str, int]:
+def byte_level_alphabet() -> dict[str, int]:
     """The byte-level BPE alphabet: printable Latin-1 bytes stand for themselves, the rest for 256, 257, ..."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     alphabet = {chr(b): b for b in printable}
@@ -97,7 +97,7 @@ class _HFBackend:
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         added = self._tokenizer.get_added_tokens_decoder()
         self.special_ids = frozenset(i for i, token in added.items() if token.special)
-        alphabet = _byte_level_alphabet()
+        alphabet = byte_level_alphabet()
         pieces = [self._tokenizer.id_to_token(i) or "" for i in range(self.vocab_size)]
         try:
             self._bytes = [p.encode() if i in added else bytes(alphabet[c] for c in p) for i, p in enumerate(pieces)]
