@@ -288,6 +288,7 @@ def test_chat_logprobs_are_log_softmax_of_the_executor_logits(served, tiny_model
 
 
 def test_json_schema_output_parses_and_validates(served, tiny_models):
+    pytest.importorskip("xgrammar", reason="xgrammar (guided decoding on CPU) is not installed")
     jsonschema = pytest.importorskip("jsonschema")
     c, _ = app_and_backend(served, tiny_models, max_input_len=2048, max_seq_len=4096)
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "enum": [1, 2]}},
@@ -300,6 +301,7 @@ def test_json_schema_output_parses_and_validates(served, tiny_models):
 
 
 def test_named_tool_choice_yields_that_call(served, tiny_models):
+    pytest.importorskip("xgrammar", reason="xgrammar (guided decoding on CPU) is not installed")
     c, _ = app_and_backend(served, tiny_models, max_input_len=2048, max_seq_len=4096)
     body = {"messages": [{"role": "user", "content": "weather"}], "max_tokens": 80, "temperature": 0,
             "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}

@@ -245,6 +245,7 @@ def test_logprobs_are_log_softmax_of_the_reference_logits(stack, checkpoint, tin
 
 
 def test_json_schema_and_named_tool_choice_through_guided_decoding(stack):
+    pytest.importorskip("xgrammar", reason="xgrammar (guided decoding on CPU) is not installed")
     jsonschema = pytest.importorskip("jsonschema")
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none")
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "enum": [1, 2]}},
