@@ -358,3 +358,16 @@ def test_xgrammar_tokenizer_info_for_the_cpp_backend_is_lossless(tmp_path):
             matcher.fill_next_token_bitmask(mask)
         assert torch.equal(masks[0], masks[1]) and masks[0].any()
         assert all(matcher.accept_token(token) for matcher in matchers)
+
+
+def test_metrics_count_server_errors(served, tiny_models):
+    ckpt, tokenizer = served
+
+    class Broken(ExecutorBackend):
+        async def stream(self, prompt_ids, params):
+            raise RuntimeError("backend down")
+            yield []
+
+    c = TestClient(create_app(Broken(ckpt), tokenizer, MODEL), raise_server_exceptions=False)
+    assert c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}).status_code == 500
+    assert 'hunyuan_requests_total{endpoint="completions",status="500"} 1.0' in c.get("/metrics").text
