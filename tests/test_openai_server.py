@@ -44,7 +44,8 @@ class ExecutorBackend:
                 yield [token]
             return
         sampling = SamplingParams(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                                  seed=params.seed or 0, repetition_penalty=params.repetition_penalty)
+                                  seed=params.seed or 0, repetition_penalty=params.repetition_penalty,
+                                  presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty)
         guide = None if params.guide is None else GrammarFactory(self.tokenizer_dir, self.executor.vocab).matcher(
             params.guide)
         sequence = Generation(list(prompt_ids), params.max_tokens, self.end_id, sampling, log_probs=params.logprobs,
@@ -268,8 +269,10 @@ def test_echo_for_token_id_prompts_and_streaming(served, tiny_models):
 def test_chat_logprobs_are_log_softmax_of_the_executor_logits(served, tiny_models):
     ckpt, tokenizer = served
     c, _ = app_and_backend(served, tiny_models)
+    # penalties change the sampling distribution, never the reported log probabilities (the model's own)
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "temperature": 0.9, "seed": 3,
-            "logprobs": True, "top_logprobs": 3, "chat_template_kwargs": {"enable_thinking": False}}
+            "logprobs": True, "top_logprobs": 3, "chat_template_kwargs": {"enable_thinking": False},
+            "presence_penalty": 1.0, "frequency_penalty": 0.5}
     status, reply = post(c, "/v1/chat/completions", body)
     assert status == 200
     content = reply["choices"][0]["logprobs"]["content"]
