@@ -72,10 +72,11 @@ def fake_bin(tmp_path: Path, record: Path, *names: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
-def run_script(command: list[str], env: dict[str, str], record: Path) -> list[list[str]]:
-    """Run a container command (``/bin/sh -c SCRIPT``) with the stand-ins; every command they have seen."""
+def run_script(command: list[str], env: dict[str, str], record: Path, status: int = 0) -> list[list[str]]:
+    """Run a container command (``/bin/sh -c SCRIPT``) with the stand-ins, expecting exit ``status``; every command
+    they have seen."""
     assert command[:2] == ["/bin/sh", "-c"]
-    subprocess.run(command, env=env, check=True, timeout=60)
+    assert subprocess.run(command, env=env, timeout=60).returncode == status
     return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
 
 
@@ -92,24 +93,27 @@ def test_single_node_a13b_fp8_deployment(tmp_path):
     assert serve["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert env_of(serve)["TRTLLM_ORCHESTRATOR"] == "1"  # one tritonserver spawns the 8 executor workers
     engine = "/engines/hunyuan-a13b-instruct-fp8/fp8-kvfp8-tp8-ep8-pp1/engine-seq32768-batch222-tok8192"
-    assert serve["command"] == ["hunyuan-trtllm", "serve", engine, "--with", "triton", "--host", "0.0.0.0",
-                                "--tokenizer", f"{engine}/tokenizer", "--triton-port", "8000",
+    # the Hunyuan-aware OpenAI endpoint on 8000 (all interfaces of the pod), Triton behind it on 8001-8003
+    assert serve["command"] == ["hunyuan-trtllm", "serve", engine, "--with", "triton", "--tokenizer",
+                                f"{engine}/tokenizer", "--host", "0.0.0.0", "--port", "8000", "--triton-port", "8001",
                                 "--ready-timeout", "3600"]
-    assert [p["containerPort"] for p in serve["ports"]] == [8000, 8001, 8002]
-    assert serve["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
-    assert serve["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert [(p["name"], p["containerPort"]) for p in serve["ports"]] == [
+        ("http", 8000), ("triton-http", 8001), ("grpc", 8002), ("metrics", 8003)]
+    assert serve["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert serve["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}  # 200 once the model is ready
     startup = serve["startupProbe"]
-    assert startup["httpGet"]["path"] == "/v2/health/ready"
+    assert startup["httpGet"] == {"path": "/health", "port": "http"}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
     shm = next(v for v in pod["volumes"] if v["name"] == "shm")
     assert shm["emptyDir"]["medium"] == "Memory"
     assert {"name": "shm", "mountPath": "/dev/shm"} in serve["volumeMounts"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "8002",
-                           "prometheus.io/path": "/metrics"}
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "8000",
+                           "prometheus.io/path": "/metrics"}  # the endpoint's request metrics
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    assert [p["port"] for p in service["spec"]["ports"]] == [8000, 8001, 8002]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]][0] == ("http", 8000, "http")
+    assert [p["port"] for p in service["spec"]["ports"]] == [8000, 8001, 8002, 8003]
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert {"claimName": claim["metadata"]["name"]} in [v.get("persistentVolumeClaim") for v in pod["volumes"]]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
@@ -184,7 +188,7 @@ def test_two_node_large_bf16_leader_worker_set(tmp_path):
         assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     assert service["spec"]["selector"] == {"leaderworkerset.sigs.k8s.io/name": lws["metadata"]["name"],
                                            "leaderworkerset.sigs.k8s.io/worker-index": "0"}
-    assert template["leaderTemplate"]["metadata"]["annotations"]["prometheus.io/port"] == "8002"
+    assert template["leaderTemplate"]["metadata"]["annotations"]["prometheus.io/port"] == "8000"
     assert objs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
     size = objs["PersistentVolumeClaim"]["spec"]["resources"]["requests"]["storage"]
     assert int(size.removesuffix("Gi")) * 2**30 >= 3 * 388_701_405_440 * 2  # source + checkpoint + engines
@@ -196,18 +200,24 @@ def test_leader_launches_one_mpi_world_and_workers_join(tmp_path):
     leader = template["leaderTemplate"]["spec"]
     record = tmp_path / "calls.jsonl"
     env = fake_bin(tmp_path, record, "kubectl", "hunyuan-trtllm", "mpirun") | {"POD_NAME": "hy-0"}
-    calls = run_script(leader["containers"][0]["command"], env, record)
+    # the stand-ins return at once: the leader sees its servers stop and exits non-zero (the group restarts)
+    calls = run_script(leader["containers"][0]["command"], env, record, status=1)
     assert calls[0] == ["kubectl", "wait", "--for=condition=Ready", "pod/hy-0-1", "--timeout=600s"]
     engine = "/engines/large/bf16-tp8-ep1-pp2/engine-seq32768-batch145-tok8192"
     assert calls[1] == ["hunyuan-trtllm", "triton-repo", engine, "-o", f"{engine}-triton-repo", "--flavor", "engine",
                         "--tokenizer", f"{engine}/tokenizer", "--overwrite"]
-    mpirun = calls[2]
+    mpirun = next(c for c in calls[2:] if c[0] == "mpirun")
     assert mpirun[mpirun.index("--host") + 1] == "hy-0:8,hy-0-1:8"
+    # the OpenAI endpoint in front of rank 0's gRPC, on every interface of the leader pod
+    endpoint = next(c for c in calls[2:] if c[:2] == ["hunyuan-trtllm", "serve"])
+    assert endpoint[endpoint.index("--triton-grpc") + 1] == "127.0.0.1:8002"
+    assert endpoint[endpoint.index("--host") + 1:endpoint.index("--host") + 5] == ["0.0.0.0", "--port", "8000",
+                                                                                     "--ready-timeout"]
     assert mpirun[mpirun.index("plm_rsh_agent") + 1] == "kubessh"
     programs = " ".join(mpirun).split(" : ")
     counts = [int(p.split("-n ", 1)[1].split()[0]) for p in programs]
     assert counts == [1, 15] and sum(counts) == 8 * 2  # world = tp x pp
-    assert "--http-port=8000" in programs[0] and f"--model-repository={engine}-triton-repo" in programs[0]
+    assert "--http-port=8001" in programs[0] and f"--model-repository={engine}-triton-repo" in programs[0]
     assert "--load-model=tensorrt_llm" in programs[1] and "--allow-http=false" in programs[1]
     # the worker keeps running until the leader's mpirun has joined it, and stops on SIGTERM
     worker = subprocess.Popen(template["workerTemplate"]["spec"]["containers"][0]["command"])
@@ -254,13 +264,18 @@ def test_compose_for_a13b_validates_and_runs_in_order(tmp_path):
     serve = services["serve"]
     [gpus] = serve["deploy"]["resources"]["reservations"]["devices"]
     assert gpus == {"driver": "nvidia", "count": 8, "capabilities": ["gpu"]}
-    assert serve["ports"] == ["8000:8000", "8001:8001", "8002:8002"]
-    assert "/v2/health/ready" in serve["healthcheck"]["test"][-1]
+    # published on 127.0.0.1 by default (a workstation); HUNYUAN_BIND opens them
+    assert serve["ports"] == ["127.0.0.1:8000:8000", "127.0.0.1:8001:8001", "127.0.0.1:8002:8002",
+                              "127.0.0.1:8003:8003"]
+    assert "http://127.0.0.1:8000/health'" in serve["healthcheck"]["test"][-1]
+    assert serve["command"][serve["command"].index("--port") - 2:serve["command"].index("--port") + 2] == [
+        "--host", "0.0.0.0", "--port", "8000"]
     assert serve["shm_size"] and serve["image"] == "hunyuan-trtllm-serve:0.1.0"
     assert set(document["volumes"]) == {"hf-cache", "engines"}
     assert "hf-cache:/cache" in services["fetch"]["volumes"] and "engines:/engines" in serve["volumes"]
-    assert validate_compose(yaml.safe_load((out / "compose.yaml").read_text()), env | {"HUNYUAN_HTTP_PORT": "9000"}
-                            )["services"]["serve"]["ports"][0] == "9000:8000"
+    opened = env | {"HUNYUAN_HTTP_PORT": "9000", "HUNYUAN_BIND": "0.0.0.0"}
+    assert validate_compose(yaml.safe_load((out / "compose.yaml").read_text()), opened
+                            )["services"]["serve"]["ports"][0] == "0.0.0.0:9000:8000"
 
 
 def test_compose_with_a_host_model_dir_mounts_it(tmp_path):
@@ -270,7 +285,7 @@ def test_compose_with_a_host_model_dir_mounts_it(tmp_path):
     services = validate_compose(yaml.safe_load((out / "compose.yaml").read_text()))["services"]
     assert "fetch" not in services and "depends_on" not in services["convert"]
     assert f"{model}:/models/hunyuan-a13b-instruct-fp8:ro" in services["convert"]["volumes"]
-    assert services["serve"]["ports"] == ["8000:8000"]
+    assert services["serve"]["ports"] == ["127.0.0.1:8000:8000"]
     assert "/health'" in services["serve"]["healthcheck"]["test"][-1]
 
 

@@ -81,9 +81,9 @@ def test_health_checks():
     serve = dict(instructions(DOCKERFILES["serve"]))
     assert "CMD" in serve["HEALTHCHECK"] and "--start-period" in serve["HEALTHCHECK"]
     env = dict(instructions(DOCKERFILES["serve"]))["ENV"]
-    assert "HUNYUAN_HEALTH_URL=http://127.0.0.1:8000/v2/health/ready" in env
+    assert "HUNYUAN_HEALTH_URL=http://127.0.0.1:8000/health" in env  # the OpenAI endpoint, ready with the model
     assert dict(instructions(DOCKERFILES["build"]))["HEALTHCHECK"] == "NONE"  # batch jobs
-    assert set(serve["EXPOSE"].split()) == {"8000", "8001", "8002"}
+    assert set(serve["EXPOSE"].split()) == {"8000", "8001", "8002", "8003"}
 
 
 def test_images_install_the_package_without_torch():

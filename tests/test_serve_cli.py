@@ -65,7 +65,7 @@ def run_until_ready_then_interrupt(args: list[str], env: dict[str, str], ready_u
                 break
             except OSError:
                 time.sleep(0.2)
-        time.sleep(1.0)  # let the launcher notice readiness and print its banner
+        time.sleep(3.0)  # let the launcher notice readiness and print its banner
         os.killpg(process.pid, signal.SIGINT)
         output, _ = process.communicate(timeout=60)
     finally:
@@ -106,15 +106,18 @@ def test_serve_with_triton_on_engines(tmp_path):
     synth_checkpoint(tokenizer, "a13b")
     fake_binary(tmp_path / "bin", "tritonserver")
     env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "FAKE_RECORD": str(tmp_path / "r")}
-    port = free_port()
+    port, api = free_port(), free_port()
     output = run_until_ready_then_interrupt(["serve", str(engines), "--with", "triton", "--tokenizer", str(tokenizer),
-                                             "--triton-port", str(port)], env, f"http://127.0.0.1:{port}/v2/health/ready")
+                                             "--triton-port", str(port), "--port", str(api)], env,
+                                            f"http://127.0.0.1:{api}/v1/models")
     record = json.loads((tmp_path / "r").read_text())
     assert record["repo"] == ["ensemble", "postprocessing", "preprocessing", "repo.json", "tensorrt_llm",
                               "tensorrt_llm_bls"]
     assert f"--http-port={port}" in record["argv"] and f"--metrics-port={port + 2}" in record["argv"]
     assert {f"--{kind}-address=127.0.0.1" for kind in ("http", "grpc", "metrics")} <= set(record["argv"])
-    assert f"Triton: http://127.0.0.1:{port}" in output
+    # the OpenAI endpoint runs in front of Triton (its gRPC port), on --port
+    flat = " ".join(output.split())  # the console wraps long lines
+    assert f"OpenAI endpoint: http://127.0.0.1:{api}/v1" in flat and f"gRPC 127.0.0.1:{port + 1}" in flat
 
 
 def test_missing_binaries_and_unservable_inputs(tiny_models, tmp_path):

@@ -79,14 +79,16 @@ def test_chat_through_real_triton_matches_greedy_reference(stack, checkpoint, ti
     cut = next((i for i, t in enumerate(expected_ids) if t in tokenizer.stop_token_ids), len(expected_ids))
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none")
     assert [m.id for m in client.models.list().data] == [MODEL]
-    reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0)
+    plain = {"repetition_penalty": 1.0}  # generation_config.json's 1.05 applies otherwise, as in vLLM
+    reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0,
+                                           extra_body=plain)
     raw = tokenizer.decode(expected_ids[:cut])
     choice = reply.choices[0]
     assert (getattr(choice.message, "reasoning_content", None) or "") + (choice.message.content or "") == raw.strip(
         "\n") or choice.message.content == raw
     assert reply.usage.prompt_tokens == len(prompt_ids)
     chunks = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
+                                            stream=True, stream_options={"include_usage": True}, extra_body=plain)
     streamed, usage = "", None
     for chunk in chunks:
         if chunk.choices:
@@ -114,7 +116,7 @@ def test_32_concurrent_streams_equal_sequential(stack):
 
     async def one(prompt: str) -> str:
         stream = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0,
-                                                 stream=True)
+                                                 stream=True, extra_body={"skip_special_tokens": False})
         return "".join([chunk.choices[0].text async for chunk in stream if chunk.choices])
 
     async def run() -> tuple[list[str], list[str]]:
@@ -238,3 +240,109 @@ def test_disconnected_non_streaming_request_is_cancelled_in_triton(checkpoint, t
         log = triton.log_tail(200)
     cancelled = re.search(r"request cancelled after (\d+) tokens", log)
     assert cancelled and 0 < int(cancelled.group(1)) < max_tokens - 1, log
+
+
+# ---- OpenAI conformance through the real Triton (issue 13) ----------------------------------------------------
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "深圳"]}}, "required": ["city"],
+    "additionalProperties": False}}}]
+
+
+def by_bytes(tokenizer: HunyuanTokenizer) -> dict[bytes, int]:
+    return {tokenizer.decode_bytes([i]): i for i in range(tokenizer.vocab_size)}
+
+
+def test_logprobs_are_log_softmax_of_the_reference_logits(stack, checkpoint, tiny_models):
+    tokenizer = HunyuanTokenizer.from_model_dir(tiny_models["a13b"])
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none")
+    messages = [{"role": "user", "content": "logprobs"}]
+    reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0.8, seed=11,
+                                           logprobs=True, top_logprobs=2)
+    entries = reply.choices[0].logprobs.content
+    ids, executor = by_bytes(tokenizer), ReferenceExecutor(checkpoint)
+    sequence = tokenizer.encode(tokenizer.render_chat(messages))
+    assert entries and len(entries) <= reply.usage.completion_tokens
+    for entry in entries:
+        expected = executor.forward(sequence)[-1].float().log_softmax(-1)
+        token = ids[bytes(entry.bytes)]
+        assert abs(entry.logprob - float(expected[token])) < 1e-4
+        assert [ids[bytes(t.bytes)] for t in entry.top_logprobs] == expected.topk(2).indices.tolist()
+        sequence.append(token)
+    text = client.completions.create(model=MODEL, prompt="Once", max_tokens=4, temperature=0, logprobs=1,
+                                     extra_body={"repetition_penalty": 1.0, "skip_special_tokens": False})
+    logprobs = text.choices[0].logprobs
+    assert "".join(logprobs.tokens) == text.choices[0].text and len(logprobs.token_logprobs) == 4
+    assert all(max(top.values()) == pytest.approx(lp, abs=1e-6)  # greedy: the sampled token is the best one
+               for top, lp in zip(logprobs.top_logprobs, logprobs.token_logprobs, strict=True))
+
+
+def test_json_schema_and_named_tool_choice_through_guided_decoding(stack):
+    pytest.importorskip("xgrammar", reason="xgrammar (guided decoding on CPU) is not installed")
+    jsonschema = pytest.importorskip("jsonschema")
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none")
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "enum": [1, 2]}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "json"}], max_tokens=60, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "weather"}], max_tokens=80, temperature=0.7, seed=1,
+        tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls[0].function.name == "get_weather"
+    assert json.loads(choice.message.tool_calls[0].function.arguments)["city"] in ("Paris", "深圳")
+
+
+def test_echo_and_refusals_with_the_official_client(stack, tiny_models):
+    tokenizer = HunyuanTokenizer.from_model_dir(tiny_models["a13b"])
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none")
+    prompt = tokenizer.encode("Echo me")
+    stream = client.completions.create(model=MODEL, prompt=prompt, max_tokens=3, temperature=0, echo=True,
+                                       stream=True)
+    assert "".join(chunk.choices[0].text for chunk in stream if chunk.choices).startswith("Echo me")
+    whole = client.completions.create(model=MODEL, prompt=prompt, max_tokens=3, temperature=0, echo=True)
+    assert whole.choices[0].text.startswith("Echo me")
+    messages = [{"role": "user", "content": "hi"}]
+    for kwargs in ({"max_tokens": 10**6}, {"max_tokens": 2, "stream_options": {"include_usage": True}}):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model=MODEL, messages=messages, **kwargs)
+    metrics = urllib.request.urlopen(f"{stack.url}/metrics", timeout=30).read().decode()
+    assert 'hunyuan_requests_total{endpoint="chat",status="400"}' in metrics
+
+
+def test_serve_with_triton_fronts_a_running_triton(stack, tiny_models, tmp_path):
+    """The production path (`serve ENGINES --with triton`): our endpoint in front of Triton's tensorrt_llm over gRPC
+    (here the reference model stands in for TensorRT-LLM's C++ backend, with the same tensors)."""
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    build = {"max_batch_size": 4, "max_input_len": 200, "max_seq_len": 256, "max_beam_width": 1,
+             "plugin_config": {"use_paged_context_fmha": True}}
+    pretrained = {"architecture": "HunYuanMoEV1ForCausalLM", "dtype": "float32", "logits_dtype": "float32",
+                  "mapping": {"tp_size": 1, "pp_size": 1, "world_size": 1}}
+    (engines / "config.json").write_text(json.dumps({"build_config": build, "pretrained_config": pretrained}))
+    (engines / "rank0.engine").write_bytes(b"")
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "hunyuan_trtllm", "serve", str(engines), "--with", "triton",
+                                "--triton-grpc", stack.triton_grpc, "--tokenizer", str(tiny_models["a13b"]),
+                                "--port", str(port), "--model-name", MODEL], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=4, temperature=0)
+        assert reply.usage.completion_tokens >= 1 and reply.choices[0].finish_reason in ("stop", "length")
+        os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "OpenAI endpoint" in output and process.returncode == 0, output

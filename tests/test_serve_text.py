@@ -236,15 +236,38 @@ def test_builtin_tool_layout_matches_a13b_outside_the_instruction() -> None:
     assert "SYS" in render_builtin(normalize_messages(TOOL_CONVERSATIONS[1]), TOOLS)
 
 
-def test_think_prefixes_override_enable_thinking() -> None:
+# (messages, chat_template_kwargs): the thinking switches a user can combine
+THINKING_CASES = [
+    ([{"role": "user", "content": "/no_think 1+1?"}], {}),
+    ([{"role": "user", "content": "/think 1+1?"}], {"enable_thinking": False}),
+    ([{"role": "user", "content": "/no_think 1+1?"}], {"enable_thinking": True}),
+    ([{"role": "user", "content": "/no_think a"}, {"role": "assistant", "content": "b"},
+      {"role": "user", "content": "c"}], {}),
+    ([{"role": "user", "content": "plain"}], {"enable_thinking": False}),
+]
+
+
+@pytest.mark.parametrize(("messages", "kwargs"), THINKING_CASES)
+def test_prompt_is_byte_identical_to_transformers_apply_chat_template(a13b, messages, kwargs) -> None:
+    """The real A13B tokenizer_config.json: our prompt is what transformers renders (no appended think block for
+    /no_think, an explicit enable_thinking wins over a /think prefix)."""
+    utils = pytest.importorskip("transformers.utils.chat_template_utils",
+                                reason="transformers (the independent template renderer) is not installed")
+    config = json.loads((FILES / "a13b" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    expected, _ = utils.render_jinja_template([messages], chat_template=config["chat_template"], **kwargs)
+    assert a13b.render_chat(messages, **kwargs) == expected[0]
+
+
+def test_builtin_template_leaves_think_prefixes_to_the_model() -> None:
     builtin = ChatTemplate()
-    no_think = builtin.render([{"role": "user", "content": "/no_think 1+1?"}])
-    assert no_think == "<|startoftext|>/no_think 1+1?<|extra_0|><think>\n\n</think>\n"
+    assert builtin.render([{"role": "user", "content": "/no_think 1+1?"}]) == "<|startoftext|>/no_think 1+1?<|extra_0|>"
     think = builtin.render([{"role": "user", "content": "/think 1+1?"}], enable_thinking=False)
-    assert think == "<|startoftext|>/think 1+1?<|extra_0|>"
-    earlier = [{"role": "user", "content": "/no_think a"}, {"role": "assistant", "content": "b"},
-               {"role": "user", "content": "c"}]
-    assert not builtin.render(earlier).endswith("</think>\n")  # only the last user message counts
+    assert think == "<|startoftext|>/think 1+1?<|extra_0|><think>\n\n</think>\n"
+
+
+def test_text_parts_are_joined_with_newlines(a13b) -> None:
+    parts = [{"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]}]
+    assert a13b.render_chat(parts) == "<|startoftext|>one\ntwo<|extra_0|>"
 
 
 def test_unrenderable_messages_raise_value_error() -> None:

@@ -99,8 +99,10 @@ def test_model_files_are_ours_and_match_the_backend(repos) -> None:
 
 def test_reference_llm_has_the_tensorrt_llm_interface(repos, tiny) -> None:
     engine, reference = load(repos["engine"], "tensorrt_llm"), load(repos["reference"], "tensorrt_llm")
+    extra = {"num_top_log_probs", "top_log_probs", "top_log_prob_ids"}  # ours: top-k log probabilities
     for field in ("input", "output"):
-        assert list(getattr(engine, field)) == list(getattr(reference, field))
+        assert list(getattr(engine, field)) == [t for t in getattr(reference, field) if t.name not in extra]
+    assert extra <= {t.name for t in [*reference.input, *reference.output]}
     names = {t.name for t in reference.input}
     assert {"input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "stop_words_list", "streaming",
             "temperature", "runtime_top_k", "runtime_top_p", "seed"} <= names
@@ -109,7 +111,8 @@ def test_reference_llm_has_the_tensorrt_llm_interface(repos, tiny) -> None:
     assert reference.model_transaction_policy.decoupled
     assert params(reference) == {"checkpoint_dir": str(tiny["ckpt"].resolve()), "max_batch_size": "4",
                                  "max_input_len": "32", "max_seq_len": "96", "exclude_input_in_output": "true",
-                                 "allow_streaming": "true"}
+                                 "allow_streaming": "true", "tokenizer_dir": str(tiny["src"].resolve()),
+                                 "guided_decoding_backend": "xgrammar"}
 
 
 # ---- engine: everything from the engine's config.json --------------------------------------------------------
@@ -130,7 +133,13 @@ def test_engine_parameters_golden(tmp_path, tiny) -> None:
         "normalize_log_probs": "true",
         "decoding_mode": "top_k_top_p",
         "executor_worker_path": EXECUTOR_WORKER,
+        # guided decoding (response_format, forced tool calls): xgrammar with the vocabulary written next to it
+        "guided_decoding_backend": "xgrammar",
+        "xgrammar_tokenizer_info_path": str(repo / "tensorrt_llm" / "xgrammar_tokenizer_info.json"),
     }
+    info = json.loads((repo / "tensorrt_llm" / "xgrammar_tokenizer_info.json").read_text(encoding="utf-8"))
+    assert set(info) == {"encoded_vocab", "tokenizer_str", "stop_token_ids"}  # what the C++ backend reads
+    assert len(info["encoded_vocab"]) == 1003 and json.loads(info["tokenizer_str"])["decoder"]["type"] == "ByteLevel"
     assert llm.max_batch_size == 32 and list(llm.dynamic_batching.preferred_batch_size) == [32]
     assert llm.model_transaction_policy.decoupled
     assert {load(repo, m).max_batch_size for m in PIPELINE} == {32}

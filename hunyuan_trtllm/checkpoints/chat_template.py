@@ -9,12 +9,14 @@ With tools it reproduces the A13B tool layout (``用户：`` / ``助手：`` pre
 one; real checkpoints ship their template, so only synthetic models see it.
 
 Messages are normalised before either template sees them: ``content`` None becomes ``""``, a list of text parts
-is joined, an empty or None ``tool_calls`` is dropped, and an empty leading system message is dropped (the A13B
+is joined with "\n" (as vLLM and TensorRT-LLM join text parts), an empty or None ``tool_calls`` is dropped, and
+an empty leading system message is dropped (the A13B
 template would fail on it in a sandbox, and it means "no system prompt").
 
-Thinking: ``enable_thinking=False`` appends ``<think>\\n\\n</think>\\n`` (the model then answers directly). A
-``/no_think`` or ``/think`` prefix on the last user message overrides ``enable_thinking`` (README: they force fast
-or slow thinking); the prefix itself stays in the prompt because the models were trained with it there.
+Thinking: the template decides. ``enable_thinking`` reaches it only when the request sets it (A13B's template
+appends ``<think>\\n\\n</think>\\n`` for an explicit ``False`` and nothing otherwise), exactly as transformers'
+``apply_chat_template`` renders. A ``/no_think`` or ``/think`` prefix is the user's text: it stays in the prompt
+untouched (the models were trained to read it there) and never overrides an explicit ``enable_thinking``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(str(p.get("text", "")) for p in content)
+        return "\n".join(str(p.get("text", "")) for p in content)
     raise ValueError("message content must be a string or a list of text parts")
 
 
@@ -69,19 +71,6 @@ def normalize_messages(messages: Sequence[Message]) -> list[Message]:
     if out and out[0]["role"] == "system" and not out[0]["content"]:
         out.pop(0)
     return out
-
-
-def thinking_enabled(messages: Sequence[Message], enable_thinking: bool = True) -> bool:
-    """``enable_thinking``, overridden by a ``/no_think`` (off) or ``/think`` (on) prefix on the last user message."""
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            text = _content_text(message.get("content")).lstrip()
-            if text.startswith("/no_think"):
-                return False
-            if text.startswith("/think"):
-                return True
-            break
-    return enable_thinking
 
 
 def _tool_calls_text(tool_calls: Sequence[dict[str, Any]]) -> str:
@@ -150,10 +139,10 @@ def _render_tools(messages: Sequence[Message], tools: Sequence[dict[str, Any]], 
 
 
 def render_builtin(messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
-                   enable_thinking: bool = True, now: datetime | None = None) -> str:
+                   enable_thinking: bool | None = None, now: datetime | None = None) -> str:
     """Render normalised ``messages`` in the A13B format (``now`` is the time shown in the tool block)."""
     text = _render_tools(messages, tools, now or datetime.now()) if tools else _render_plain(messages)
-    return text if enable_thinking else text + NO_THINK_SUFFIX
+    return text + NO_THINK_SUFFIX if enable_thinking is False else text
 
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
@@ -225,26 +214,26 @@ class ChatTemplate:
         return self.source is None
 
     def render(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
-               enable_thinking: bool = True, add_generation_prompt: bool = True, max_chars: int | None = None) -> str:
+               enable_thinking: bool | None = None, add_generation_prompt: bool = True,
+               max_chars: int | None = None) -> str:
         """The prompt for ``messages``; ``ValueError`` for messages the template cannot render.
 
-        A Jinja template stops with :class:`TemplateOutputTooLarge` once its output passes ``max_chars``.
-
-        ``enable_thinking`` is first overridden by a ``/think`` or ``/no_think`` prefix (:func:`thinking_enabled`).
-        ``add_generation_prompt`` is passed to Jinja templates; the A13B format has no separate generation prompt
-        (a prompt already ends with ``<|extra_0|>``), so the built-in renderer ignores it.
+        ``enable_thinking`` None leaves the variable undefined in the template (as transformers does when the caller
+        does not pass it). ``add_generation_prompt`` is passed to Jinja templates; the A13B format has no separate
+        generation prompt (a prompt already ends with ``<|extra_0|>``), so the built-in renderer ignores it. A
+        Jinja template stops with :class:`TemplateOutputTooLarge` once its output passes ``max_chars``.
         """
         normalized = normalize_messages(messages)
-        thinking = thinking_enabled(normalized, enable_thinking)
+        thinking = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
         try:
             if self.source is None:
-                return render_builtin(normalized, tools, thinking)
+                return render_builtin(normalized, tools, enable_thinking)
             if self._compiled is None:
                 self._compiled = _environment().from_string(self.source)
             pieces, size = [], 0
             for piece in self._compiled.generate(
-                    messages=normalized, tools=list(tools) if tools else None, enable_thinking=thinking,
-                    add_generation_prompt=add_generation_prompt, **self._variables):
+                    messages=normalized, tools=list(tools) if tools else None,
+                    add_generation_prompt=add_generation_prompt, **self._variables, **thinking):
                 size += len(piece)
                 if max_chars is not None and size > max_chars:
                     raise TemplateOutputTooLarge(f"the chat template's output passed {max_chars} characters")

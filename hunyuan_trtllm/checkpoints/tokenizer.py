@@ -84,7 +84,7 @@ class _TiktokenBackend:
             return None
 
 
-def _byte_level_alphabet() -> dict[str, int]:
+def byte_level_alphabet() -> dict[str, int]:
     """The byte-level BPE alphabet: printable Latin-1 bytes stand for themselves, the rest for 256, 257, ..."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     alphabet = {chr(b): b for b in printable}
@@ -111,7 +111,7 @@ class _HFBackend:
         added = self._tokenizer.get_added_tokens_decoder()
         self.specials = {token.content: i for i, token in added.items() if token.special}
         self.special_ids = frozenset(self.specials.values())
-        alphabet = _byte_level_alphabet()
+        alphabet = byte_level_alphabet()
         pieces = [self._tokenizer.id_to_token(i) or "" for i in range(self.vocab_size)]
         try:
             self._bytes = [p.encode() if i in added else bytes(alphabet[c] for c in p) for i, p in enumerate(pieces)]
@@ -169,6 +169,7 @@ class HunyuanTokenizer:
         self._backend = backend
         self._template = template
         self._special_pattern = special_pattern(backend.specials)
+        self.generation_config: dict[str, Any] = dict(generation_config)  # sampling defaults (temperature, ...)
         names = [_token_text(tokenizer_config.get("eos_token")), TURN_END]
         named = [i for i in (self._optional_id(n) for n in names) if i is not None]
         generation = _int_list(generation_config.get("eos_token_id"))
@@ -226,6 +227,11 @@ class HunyuanTokenizer:
         """Ids that end generation, in file order, without repeats (see the module docstring)."""
         return self._stop_ids
 
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of the special (control) tokens, which ``skip_special_tokens`` leaves out of decoded text."""
+        return self._backend.special_ids
+
     def token_id(self, name: str) -> int:
         """The id of a token written as one piece (e.g. ``"<|extra_0|>"``); ``KeyError`` when there is none."""
         token = self._backend.token_id(name)
@@ -255,7 +261,7 @@ class HunyuanTokenizer:
         return self._template
 
     def render_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
-                    enable_thinking: bool = True, add_generation_prompt: bool = True) -> str:
+                    enable_thinking: bool | None = None, add_generation_prompt: bool = True) -> str:
         """The prompt text for ``messages`` (OpenAI-style dicts); see :meth:`ChatTemplate.render`."""
         return self.chat_template.render(messages, tools, enable_thinking, add_generation_prompt)
 
@@ -284,7 +290,7 @@ class HunyuanTokenizer:
         return self._backend.encode(text, allow_special=False) if text else []
 
     def encode_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
-                    enable_thinking: bool = True, add_generation_prompt: bool = True) -> list[int]:
+                    enable_thinking: bool | None = None, add_generation_prompt: bool = True) -> list[int]:
         """The prompt ids for ``messages``: the template's structure as control tokens, the request's text as text."""
         chat = self.protect_chat(messages, tools)
         prompt = self.render_chat(chat.messages, chat.tools, enable_thinking, add_generation_prompt)

@@ -100,8 +100,11 @@ def triton_repo(source: Path, out: Path, flavor: str, tokenizer: Path | None, ma
 @click.option("--attention-dp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
 @click.option("--trust-remote-code", is_flag=True,
               help="Let TensorRT-LLM execute the checkpoint's own Python code (e.g. its tokenizer class).")
-@click.option("--triton-port", default=8000, show_default=True,
-              help="--with triton: Triton's HTTP port (gRPC and metrics on the next two).")
+@click.option("--triton-port", default=8001, show_default=True,
+              help="--with triton: Triton's HTTP port (gRPC, metrics: the next two); OpenAI: --port.")
+@click.option("--triton-grpc", default=None, metavar="HOST:PORT",
+              help="--with triton: front a Triton that is already running (e.g. a multi-node rank 0) instead of "
+                   "starting one.")
 @click.option("--ready-timeout", default=1800.0, show_default=True, help="Seconds to wait for the server.")
 @click.option("--max-request-mb", default=32.0, show_default=True,
               help="OpenAI endpoint: larger request bodies get a 413.")
@@ -110,21 +113,23 @@ def triton_repo(source: Path, out: Path, flavor: str, tokenizer: Path | None, ma
 def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_name: str | None,
           tokenizer: Path | None, tp: int, ep: int, pp: int, max_batch_size: int, max_num_tokens: int,
           max_seq_len: int | None, kv_cache_dtype: str, attention_dp: str, trust_remote_code: bool,
-          triton_port: int, ready_timeout: float, max_request_mb: float, template_timeout: float) -> None:
+          triton_port: int, triton_grpc: str | None, ready_timeout: float, max_request_mb: float,
+          template_timeout: float) -> None:
     """Serve SOURCE (engines, a converted checkpoint or an HF model) behind an OpenAI-compatible endpoint.
 
     \b
     Examples:
       hunyuan-trtllm serve ./Hunyuan-A13B-Instruct --tp 8 --ep 8            # trtllm-serve, PyTorch backend
       hunyuan-trtllm serve engines/ --with trtllm-serve                     # TensorRT backend (1.2.1)
-      hunyuan-trtllm serve engines/ --with triton --tokenizer ./Hunyuan-A13B-Instruct
+      hunyuan-trtllm serve engines/ --with triton --tokenizer ./Hunyuan-A13B-Instruct   # OpenAI on :8000
       hunyuan-trtllm serve ckpt/ --dry-run --port 8000                      # CPU, real Triton, no GPU
     """
     from hunyuan_trtllm.serve.http_safety import ServerLimits
     from hunyuan_trtllm.serve.launch import check_listen
     from hunyuan_trtllm.serve.trtllm_serve import ServeOptions
 
-    check_listen(host, [port] if dry_run or runner == "trtllm-serve" else [triton_port + i for i in range(3)])
+    fronted = dry_run or runner == "trtllm-serve" or triton_grpc is not None  # no Triton of ours to bind
+    check_listen(host, [port] if fronted else [port, *(triton_port + i for i in range(3))])
     if max_request_mb <= 0 or template_timeout <= 0:
         raise UserError("--max-request-mb and --template-timeout must be positive")
     limits = ServerLimits(max_body_bytes=int(max_request_mb * 2**20), template_timeout_s=template_timeout)
@@ -143,7 +148,7 @@ def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_
         with tempfile.TemporaryDirectory(prefix="hunyuan-trtllm-serve-") as work:
             run_trtllm_serve(source, options, Path(work), ready_timeout)
         return
-    from hunyuan_trtllm.serve.launch import run_system_triton
+    from hunyuan_trtllm.serve.launch import run_system_triton, run_triton_with_endpoint
     from hunyuan_trtllm.serve.repository import RepoOptions, write_triton_repo
 
     kind = _kind(source)
@@ -154,6 +159,13 @@ def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_
         options = RepoOptions(tokenizer_dir=tokenizer or source, tp=tp, ep=ep, pp=pp, max_seq_len=max_seq_len,
                               trust_remote_code=trust_remote_code)
         repo = write_triton_repo(source, Path(work) / "repo", flavor, options=options)
+        if flavor == "engine":  # the Hunyuan-aware OpenAI endpoint in front of Triton's tensorrt_llm (gRPC)
+            own = source / "tokenizer" if (source / "tokenizer").is_dir() else source
+            run_triton_with_endpoint(repo, tokenizer or own, host, port, name, ready_timeout, triton_port,
+                                     triton_grpc, limits)
+            return
+        console.print("[yellow]note[/] the llmapi model takes text, so Triton serves it without the OpenAI endpoint "
+                      "(use engines, or --with trtllm-serve)")
         run_system_triton(repo, ready_timeout, triton_port, host)
 
 

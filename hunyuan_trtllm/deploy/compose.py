@@ -20,15 +20,17 @@ from hunyuan_trtllm.errors import UserError
 SHM_SIZE = "32gb"
 # NVIDIA's docker run conventions for TensorRT-LLM (triton.md section 5): unlimited locked memory, 64 MiB stack.
 ULIMITS = {"memlock": -1, "stack": 67108864}
+BIND = "127.0.0.1"  # host address the ports are published on (a workstation); HUNYUAN_BIND=0.0.0.0 opens them
 DOCKERFILES = {"HUNYUAN_BUILD_IMAGE": "docker/Dockerfile.build", "HUNYUAN_SERVE_IMAGE": "docker/Dockerfile.serve"}
 
 
 def env_values(spec: d.DeploySpec) -> dict[str, str]:
     """The ``.env`` settings and their defaults (the same defaults appear in the compose file)."""
     values = {"HUNYUAN_BUILD_IMAGE": spec.options.build_image, "HUNYUAN_SERVE_IMAGE": spec.options.serve_image,
-              "HUNYUAN_HTTP_PORT": str(d.HTTP_PORT)}
+              "HUNYUAN_BIND": BIND, "HUNYUAN_HTTP_PORT": str(d.HTTP_PORT)}
     if spec.options.backend == "triton":
-        values |= {"HUNYUAN_GRPC_PORT": str(d.GRPC_PORT), "HUNYUAN_METRICS_PORT": str(d.METRICS_PORT)}
+        values |= {"HUNYUAN_TRITON_HTTP_PORT": str(d.TRITON_HTTP_PORT), "HUNYUAN_GRPC_PORT": str(d.GRPC_PORT),
+                   "HUNYUAN_METRICS_PORT": str(d.METRICS_PORT)}
     return values | {"HF_TOKEN": ""}
 
 
@@ -71,7 +73,7 @@ def _service(spec: d.DeploySpec, image_var: str, command: list[str], volumes: li
 
 
 def _healthcheck(spec: d.DeploySpec) -> dict[str, Any]:
-    """Triton's /v2/health/ready (trtllm-serve: /health), with a start period for the engine load."""
+    """The OpenAI endpoint's /health (ready once the model is), with a start period for the engine load."""
     url = f"http://127.0.0.1:{d.HTTP_PORT}{d.health_path(spec)}"
     probe = f"import urllib.request; urllib.request.urlopen('{url}', timeout=5)"
     return {"test": ["CMD", "python3", "-c", probe], "interval": "30s", "timeout": "10s", "retries": 3,
@@ -79,10 +81,12 @@ def _healthcheck(spec: d.DeploySpec) -> dict[str, Any]:
 
 
 def _serve(spec: d.DeploySpec, after: str) -> dict[str, Any]:
-    ports = [f"{_var(spec, 'HUNYUAN_HTTP_PORT')}:{d.HTTP_PORT}"]
+    bind = _var(spec, "HUNYUAN_BIND")
+    ports = [f"{bind}:{_var(spec, 'HUNYUAN_HTTP_PORT')}:{d.HTTP_PORT}"]
     if spec.options.backend == "triton":
-        ports += [f"{_var(spec, 'HUNYUAN_GRPC_PORT')}:{d.GRPC_PORT}",
-                  f"{_var(spec, 'HUNYUAN_METRICS_PORT')}:{d.METRICS_PORT}"]
+        ports += [f"{bind}:{_var(spec, 'HUNYUAN_TRITON_HTTP_PORT')}:{d.TRITON_HTTP_PORT}",
+                  f"{bind}:{_var(spec, 'HUNYUAN_GRPC_PORT')}:{d.GRPC_PORT}",
+                  f"{bind}:{_var(spec, 'HUNYUAN_METRICS_PORT')}:{d.METRICS_PORT}"]
     # The engines carry their tokenizer (build copies it), so serving needs only that volume.
     service = _service(spec, "HUNYUAN_SERVE_IMAGE", d.serve_command(spec), [f"engines:{d.ENGINES_DIR}"], after,
                        gpus=spec.gpus_per_node, env=d.serve_environment(spec))

@@ -12,8 +12,11 @@ restarts the whole world.
 
 Files (apply in order with ``kubectl apply -f DIR``): ``00-pvc.yaml``, ``10-rbac.yaml`` (several nodes: the
 leader's ``kubectl exec``), ``20-deployment.yaml`` or ``20-leaderworkerset.yaml``, ``30-service.yaml`` (the
-leader only). Triton's metrics port 8002 carries Prometheus scrape annotations; trtllm-serve has no Prometheus
-endpoint by default (its ``/metrics`` is JSON), so it gets none.
+leader only). The OpenAI API is port ``http`` (8000): with Triton, our endpoint in front of it (its ``/health``
+is ready once the model is; probes use it), Triton's own HTTP/gRPC/metrics being 8001-8003. The Prometheus scrape
+annotations point at the endpoint's ``/metrics`` (requests by status, latency and time-to-first-token histograms,
+tokens); Triton's metrics stay on port ``metrics``. trtllm-serve has no Prometheus endpoint by default (its
+``/metrics`` is JSON), so it gets none.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def _annotations(spec: d.DeploySpec) -> dict[str, str]:
 def _scrape_annotations(spec: d.DeploySpec) -> dict[str, str]:
     if spec.options.backend != "triton":
         return {}
-    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(d.METRICS_PORT),
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(d.HTTP_PORT),
             "prometheus.io/path": "/metrics"}
 
 
@@ -92,8 +95,7 @@ def _prepare_containers(spec: d.DeploySpec) -> list[dict[str, Any]]:
 
 def _probes(spec: d.DeploySpec) -> dict[str, Any]:
     """Liveness, readiness and a startup probe long enough for the engine load."""
-    triton = spec.options.backend == "triton"
-    live, ready = ("/v2/health/live", "/v2/health/ready") if triton else ("/health", "/health")
+    live = ready = d.health_path(spec)  # the OpenAI endpoint's /health on both backends
     period = 10
 
     def get(path: str) -> dict[str, Any]:
@@ -108,7 +110,7 @@ def _probes(spec: d.DeploySpec) -> dict[str, Any]:
 def _ports(spec: d.DeploySpec) -> list[dict[str, Any]]:
     ports = [("http", d.HTTP_PORT)]
     if spec.options.backend == "triton":
-        ports += [("grpc", d.GRPC_PORT), ("metrics", d.METRICS_PORT)]
+        ports += [("triton-http", d.TRITON_HTTP_PORT), ("grpc", d.GRPC_PORT), ("metrics", d.METRICS_PORT)]
     return [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports]
 
 

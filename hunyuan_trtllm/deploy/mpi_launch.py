@@ -9,7 +9,9 @@ into the world. Pod names are LeaderWorkerSet's: leader ``NAME-G``, workers ``NA
 own from ``$POD_NAME``, set from the pod's metadata.name).
 
 - ``triton``: Triton's leader mode, one ``tritonserver`` per rank (MPMD, as ``launch_triton_server.py`` does):
-  rank 0 serves HTTP/gRPC/metrics and the whole repository, the other ranks load only ``tensorrt_llm``.
+  rank 0 serves HTTP/gRPC/metrics (8001-8003) and the whole repository, the other ranks load only
+  ``tensorrt_llm``; the leader runs ``mpirun`` in the background and our OpenAI endpoint on 8000 in front of rank
+  0's gRPC (``serve --with triton --triton-grpc``), exiting (non-zero, so the group restarts) when either stops.
 - ``trtllm-serve``: ``trtllm-llmapi-launch trtllm-serve`` on every rank; rank 0 runs the OpenAI server.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import shlex
 
-from hunyuan_trtllm.deploy.spec import GRPC_PORT, HTTP_PORT, METRICS_PORT, DeploySpec
+from hunyuan_trtllm.deploy.spec import GRPC_PORT, HTTP_PORT, METRICS_PORT, TRITON_HTTP_PORT, DeploySpec
 
 WAIT_SECONDS = 600  # per `kubectl wait` attempt; the leader's startupProbe bounds the whole start
 
@@ -44,7 +46,8 @@ def tritonserver_rank(rank: int) -> list[str]:
     command = ["tritonserver", "--model-repository=$REPO", "--disable-auto-complete-config",
                f"--backend-config=python,shm-region-prefix-name=rank{min(rank, 1)}_"]
     if rank == 0:
-        return command + [f"--http-port={HTTP_PORT}", f"--grpc-port={GRPC_PORT}", f"--metrics-port={METRICS_PORT}"]
+        return command + [f"--http-port={TRITON_HTTP_PORT}", f"--grpc-port={GRPC_PORT}",
+                          f"--metrics-port={METRICS_PORT}"]
     return command + ["--model-control-mode=explicit", "--load-model=tensorrt_llm", "--allow-http=false",
                       "--allow-grpc=false", "--allow-metrics=false"]
 
@@ -83,8 +86,18 @@ def leader_script(spec: DeploySpec) -> str:
     if triton:
         lines.append(_words(["hunyuan-trtllm", "triton-repo", "$ENGINE", "-o", "$REPO", "--flavor", "engine",
                              "--tokenizer", "$ENGINE/tokenizer", "--overwrite"]))
-    lines.append(f"exec mpirun --allow-run-as-root --bind-to none --mca plm_rsh_agent kubessh "
-                 f"--host {mpi_hosts(spec)} {rank_programs(spec)}")
+    mpirun = (f"mpirun --allow-run-as-root --bind-to none --mca plm_rsh_agent kubessh "
+              f"--host {mpi_hosts(spec)} {rank_programs(spec)}")
+    if not triton:
+        lines.append(f"exec {mpirun}")
+        return "\n".join(lines) + "\n"
+    endpoint = ["hunyuan-trtllm", "serve", "$ENGINE", "--with", "triton", "--tokenizer", "$ENGINE/tokenizer",
+                "--triton-grpc", f"127.0.0.1:{GRPC_PORT}", "--host", "0.0.0.0", "--port", str(HTTP_PORT),
+                "--ready-timeout", str(spec.options.startup_timeout_s)]
+    lines += [f"{mpirun} &", "MPI=$!", f"{_words(endpoint)} &", "API=$!",
+              "trap 'kill $MPI $API 2>/dev/null' TERM INT",
+              "while kill -0 $MPI 2>/dev/null && kill -0 $API 2>/dev/null; do sleep 5; done",
+              "kill $MPI $API 2>/dev/null; wait; exit 1"]
     return "\n".join(lines) + "\n"
 
 

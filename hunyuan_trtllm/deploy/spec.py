@@ -11,6 +11,10 @@ turn it into files. Every container runs this project's own commands, in this or
 4. ``hunyuan-trtllm serve ENGINE --with triton|trtllm-serve`` on one node, or on several nodes an MPI world of
    tp x pp ranks started by the leader (:mod:`hunyuan_trtllm.deploy.mpi_launch`).
 
+Ports: 8000 is the OpenAI API on both backends. With Triton it is our Hunyuan-aware endpoint (reasoning and
+tool-call parsing, the model's chat template; its ``/health`` answers 200 only once the model is ready, its
+``/metrics`` has the request metrics) in front of Triton, whose own HTTP, gRPC and metrics ports are 8001-8003.
+
 The directories carry the layout in their names, so changing the plan never reuses a stale checkpoint or engine.
 """
 
@@ -40,7 +44,8 @@ HF_HOME = f"{CACHE_DIR}/huggingface"
 MODELS_DIR = f"{CACHE_DIR}/models"
 HOST_MODELS_DIR = "/models"  # compose: a host model directory, mounted read-only
 ENGINES_DIR = "/engines"  # volume: converted checkpoints, engines, generated Triton repositories
-HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002  # Triton's defaults (trtllm-serve: HTTP only)
+HTTP_PORT = 8000  # the OpenAI endpoint (ours in front of Triton, or trtllm-serve's)
+TRITON_HTTP_PORT, GRPC_PORT, METRICS_PORT = 8001, 8002, 8003  # Triton behind the endpoint (trtllm-serve: none)
 BACKENDS = ("triton", "trtllm-serve")
 FP8_SCALES = ("auto", "source", "calibrate")
 MAX_DEFAULT_BATCH = 256
@@ -259,13 +264,15 @@ def unless_done(output_dir: str, command: list[str]) -> list[str]:
 
 
 def serve_command(spec: DeploySpec) -> list[str]:
-    """The single-node server: ``hunyuan-trtllm serve`` on the engines (Triton: HTTP/gRPC/metrics 8000-8002).
+    """The single-node server: ``hunyuan-trtllm serve`` on the engines (Triton: the OpenAI endpoint on 8000 in front
+    of Triton's HTTP/gRPC/metrics on 8001-8003), listening on every interface of the container.
 
     ``build`` copies the tokenizer into ``ENGINE/tokenizer``, where trtllm-serve looks for it."""
     engine, timeout = spec.engine_dir, str(spec.options.startup_timeout_s)
     if spec.options.backend == "triton":
-        return ["hunyuan-trtllm", "serve", engine, "--with", "triton", "--host", "0.0.0.0", "--tokenizer",
-                f"{engine}/tokenizer", "--triton-port", str(HTTP_PORT), "--ready-timeout", timeout]
+        return ["hunyuan-trtllm", "serve", engine, "--with", "triton", "--tokenizer", f"{engine}/tokenizer",
+                "--host", "0.0.0.0", "--port", str(HTTP_PORT), "--triton-port", str(TRITON_HTTP_PORT),
+                "--ready-timeout", timeout]
     return ["hunyuan-trtllm", "serve", engine, "--with", "trtllm-serve", "--host", "0.0.0.0",
             "--port", str(HTTP_PORT), "--ready-timeout", timeout]
 
@@ -280,8 +287,8 @@ def serve_environment(spec: DeploySpec) -> dict[str, str]:
 
 
 def health_path(spec: DeploySpec) -> str:
-    """Readiness URL path: Triton's /v2/health/ready, trtllm-serve's /health."""
-    return "/v2/health/ready" if spec.options.backend == "triton" else "/health"
+    """Readiness URL path on :data:`HTTP_PORT`: the OpenAI endpoint's /health (ours waits for Triton's model)."""
+    return "/health"
 
 
 def storage_bytes(spec: DeploySpec) -> int:

@@ -37,7 +37,7 @@ class ChatPrompts:
         self._workers = None if template is None or template.is_builtin else TemplateWorkers(
             template, limits.template_timeout_s, limits.template_max_chars, limits.template_memory_bytes)
 
-    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, thinking: bool) -> str:
+    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, thinking: bool | None) -> str:
         if self._workers is not None:
             return self._workers.render(messages, tools, thinking)
         text = self.tokenizer.render_chat(messages, tools, thinking)
@@ -47,7 +47,7 @@ class ChatPrompts:
         return text
 
     async def ids(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                  enable_thinking: bool) -> list[int]:
+                  enable_thinking: bool | None) -> list[int]:
         """The prompt ids, or :class:`PromptError`."""
         try:
             chat = await asyncio.to_thread(self.tokenizer.protect_chat, messages, tools)

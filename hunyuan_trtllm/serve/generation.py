@@ -2,7 +2,8 @@
 
 A backend turns prompt token ids into a stream of new token ids (Triton's ``tensorrt_llm`` model: TensorRT-LLM's
 C++ backend or our reference model). Everything text-shaped happens here, once, for every backend: stop tokens
-and stop strings, ``max_tokens``, UTF-8-safe incremental decoding, usage counts.
+and stop strings, ``max_tokens``, UTF-8-safe incremental decoding (special tokens left out unless
+``skip_special_tokens`` is false), usage counts, and the per-token log probabilities a backend returns.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer, IncrementalDetokenizer
+from hunyuan_trtllm.serve.guided import Guide
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,31 @@ class GenerationParams:
     top_k: int = 0  # 0: no top-k cut; 1: greedy
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: bool = False  # return each token's log probability
+    top_logprobs: int = 0  # and this many best alternatives
+    guide: Guide | None = None  # guided decoding (structured output)
+    skip_special_tokens: bool = True
+
+
+@dataclass
+class TokenStep:
+    """What a backend returns per step: new token ids and, when asked for, their log probabilities."""
+
+    ids: list[int]
+    log_probs: list[float] | None = None
+    top: list[list[tuple[int, float]]] | None = None  # per token: (id, log probability), best first
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log probability and the best alternatives (when requested)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 class TokenBackend(Protocol):
@@ -30,8 +57,8 @@ class TokenBackend(Protocol):
     max_input_len: int
     max_seq_len: int
 
-    def stream(self, prompt_ids: list[int], params: GenerationParams) -> AsyncIterator[list[int]]:
-        """Yield the new token ids of each step (the prompt excluded)."""
+    def stream(self, prompt_ids: list[int], params: GenerationParams) -> AsyncIterator[list[int] | TokenStep]:
+        """Yield the new token ids of each step (the prompt excluded), as a list or a :class:`TokenStep`."""
         ...
 
     async def ready(self) -> bool: ...
@@ -44,6 +71,7 @@ class TextEvent:
     text: str
     finish_reason: str | None = None
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # the tokens behind this text (when requested)
 
 
 @dataclass
@@ -83,21 +111,27 @@ async def generate_text(
     stop_strings: list[str],
 ) -> AsyncIterator[TextEvent]:
     """Stream text for one request; the final event has ``finish_reason`` ("stop" or "length")."""
-    detokenizer = IncrementalDetokenizer(tokenizer)
+    detokenizer = IncrementalDetokenizer(tokenizer, params.skip_special_tokens)
     stops = _StopMatcher(stop_strings)
     stop_ids = set(params.stop_token_ids)
     generated = 0
+    pending: list[TokenLogprob] = []
     stopped_by_token = stopped_by_string = False
     stream = backend.stream(prompt_ids, params)
     try:
-        async for ids in stream:
+        async for item in stream:
+            step = item if isinstance(item, TokenStep) else TokenStep(list(item))
+            ids = step.ids
             cut = next((i for i, t in enumerate(ids) if t in stop_ids), None)
             if cut is not None:
                 ids, stopped_by_token = ids[:cut], True
             generated += len(ids) + stopped_by_token  # a generated stop token counts as a completion token
+            if params.logprobs:
+                pending += _token_logprobs(step, len(ids))
             text, stopped_by_string = stops.push(detokenizer.push(ids))
             if text:
-                yield TextEvent(text, completion_tokens=generated)
+                yield TextEvent(text, completion_tokens=generated, logprobs=pending)
+                pending = []
             if stopped_by_token or stopped_by_string or generated >= params.max_tokens:
                 break
     finally:
@@ -108,4 +142,13 @@ async def generate_text(
         tail = text if stopped_by_string else text + stops.flush()
     # A backend that ends its stream before max_tokens met its end_id (TensorRT-LLM leaves it out of the output).
     finish = "length" if generated >= params.max_tokens and not (stopped_by_token or stopped_by_string) else "stop"
-    yield TextEvent(tail, finish_reason=finish, completion_tokens=generated)
+    yield TextEvent(tail, finish_reason=finish, completion_tokens=generated, logprobs=pending)
+
+
+def _token_logprobs(step: TokenStep, count: int) -> list[TokenLogprob]:
+    """The first ``count`` tokens of ``step`` with their log probabilities; a backend that returned none is an
+    error (the endpoint only asks backends that can)."""
+    if step.log_probs is None or len(step.log_probs) < count:
+        raise RuntimeError("the backend returned no log probabilities")
+    top = step.top or [[] for _ in range(count)]
+    return [TokenLogprob(t, step.log_probs[i], tuple(top[i])) for i, t in enumerate(step.ids[:count])]

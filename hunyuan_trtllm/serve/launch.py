@@ -19,6 +19,7 @@ from rich.console import Console
 from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.serve.http_safety import ServerLimits
+from hunyuan_trtllm.serve.openai_fields import MAX_TOP_LOGPROBS
 from hunyuan_trtllm.serve.openai_server import create_app
 from hunyuan_trtllm.serve.pbtxt import parse
 from hunyuan_trtllm.serve.process import start_process_group, stop_process_group, wait_ready
@@ -38,6 +39,7 @@ class Endpoint:
     url: str
     model: str
     triton_url: str | None = None
+    triton_grpc: str | None = None  # host:port of Triton's gRPC (what the endpoint talks to)
 
 
 def _limits(repo: Path) -> tuple[int, int]:
@@ -91,9 +93,10 @@ def reference_stack(ckpt: Path, tokenizer_dir: Path, host: str, port: int, model
         max_input_len, limit = _limits(repo)
         with TritonServer(repo) as triton:
             backend = TritonTokenBackend(f"127.0.0.1:{triton.grpc_port}", max_input_len, limit,
-                                         tokenizer.eos_token_id, tokenizer.pad_token_id or tokenizer.eos_token_id)
+                                         tokenizer.eos_token_id, tokenizer.pad_token_id or tokenizer.eos_token_id,
+                                         max_top_logprobs=MAX_TOP_LOGPROBS, guided_decoding=True)
             with openai_endpoint(backend, tokenizer, model, host, port, limits) as url:
-                yield Endpoint(url, model, triton.url)
+                yield Endpoint(url, model, triton.url, f"127.0.0.1:{triton.grpc_port}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -160,6 +163,47 @@ def run_system_triton(repo: Path, ready_timeout: float, http_port: int = TRITON_
     _run_until_interrupted(system_triton_command(repo, host, http_port), f"{where}/v2/health/ready", ready_timeout,
                            f"Triton: {where} (gRPC {http_port + 1}, metrics {http_port + 2})",
                            env=triton_environment(repo))
+
+
+def run_triton_with_endpoint(repo: Path, tokenizer_dir: Path, host: str, port: int, model: str,
+                             ready_timeout: float, http_port: int, grpc_url: str | None = None,
+                             limits: ServerLimits | None = None) -> None:
+    """The production path: the image's ``tritonserver`` on an ``engine`` repository (or one already running at
+    ``grpc_url``, e.g. the multi-node leader's rank 0) with the Hunyuan-aware OpenAI endpoint in front, on
+    ``host:port``, until Ctrl-C. The endpoint's ``/health`` is 200 only once Triton's ``tensorrt_llm`` is ready.
+    Triton's own ports are bound to ``host`` too."""
+    tokenizer = HunyuanTokenizer.from_model_dir(tokenizer_dir)
+    max_input_len, max_seq_len = _limits(repo)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    process = None
+    if grpc_url is None:
+        if shutil.which("tritonserver") is None:
+            raise UserError("tritonserver not found: run inside nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3, "
+                            "or use --dry-run for the CPU reference server")
+        command = system_triton_command(repo, host, http_port)
+        console.print(f"[bold]starting[/] {' '.join(command)}")
+        process = start_process_group(command, triton_environment(repo))
+        grpc_url = f"{url_host(host)}:{http_port + 1}"
+    # TensorRT-LLM's C++ backend: log probabilities and guided decoding (xgrammar, the repository's tokenizer info);
+    # no top-k alternatives (its tensorrt_llm model has no such output).
+    backend = TritonTokenBackend(grpc_url, max_input_len, max_seq_len, tokenizer.eos_token_id, pad,
+                                 guided_decoding=True)
+    try:
+        with openai_endpoint(backend, tokenizer, model, host, port, limits) as url:
+            if process is not None:
+                wait_ready(process, f"http://{url_host(host)}:{http_port}/v2/health/ready", ready_timeout)
+            console.print(f"[green]ready[/] OpenAI endpoint: {url}/v1 (model '{model}'); Triton gRPC {grpc_url}  "
+                          "(Ctrl-C to stop)")
+            try:
+                while process is None or process.poll() is None:
+                    time.sleep(1 if process is not None else 3600)
+            except KeyboardInterrupt:
+                console.print("stopping ...")
+                return
+        raise UserError(f"tritonserver exited with code {process.returncode}")
+    finally:
+        if process is not None:
+            stop_process_group(process)
 
 
 def _run_until_interrupted(command: list[str], ready_url: str, timeout: float, banner: str,

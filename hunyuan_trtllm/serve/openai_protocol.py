@@ -31,9 +31,9 @@ class ChatMessage(BaseModel):
         return content
 
     def text(self) -> str:
-        """The message text; OpenAI's list-of-parts form is joined (text parts only)."""
+        """The message text; OpenAI's list-of-parts form is joined with "\n" (text parts only), as vLLM does."""
         if isinstance(self.content, list):
-            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+            return "\n".join(part.get("text", "") for part in self.content if part.get("type") == "text")
         return self.content or ""
 
 
@@ -56,6 +56,10 @@ class SamplingRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    repetition_penalty: float | None = None  # vLLM's extension
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    skip_special_tokens: bool = True  # vLLM's extension: special tokens never reach the text unless false
 
     def stop_strings(self) -> list[str]:
         """The stop strings; empty ones are ignored (they would end every generation at once)."""
@@ -69,6 +73,9 @@ class ChatCompletionRequest(SamplingRequest):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    response_format: dict[str, Any] | None = None
 
     @property
     def token_limit(self) -> int | None:
@@ -78,6 +85,7 @@ class ChatCompletionRequest(SamplingRequest):
 class CompletionRequest(SamplingRequest):
     prompt: str | list[int]
     echo: bool = False
+    logprobs: int | None = None  # how many alternatives per token (0: the sampled token's log probability only)
 
     @property
     def token_limit(self) -> int | None:
@@ -94,15 +102,16 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def chat_response(request_id: str, model: str, message: dict[str, Any], finish_reason: str,
-                  token_usage: dict[str, int]) -> dict[str, Any]:
+                  token_usage: dict[str, int], logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": logprobs}],
             "usage": token_usage}
 
 
 def chat_chunk(request_id: str, model: str, delta: dict[str, Any], finish_reason: str | None = None,
-               token_usage: dict[str, int] | None = None) -> dict[str, Any]:
-    choices = [] if token_usage else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+               token_usage: dict[str, int] | None = None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    choices = [] if token_usage else [{"index": 0, "delta": delta, "finish_reason": finish_reason,
+                                       "logprobs": logprobs}]
     chunk = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
              "choices": choices}
     if token_usage:
@@ -111,9 +120,10 @@ def chat_chunk(request_id: str, model: str, delta: dict[str, Any], finish_reason
 
 
 def completion_response(request_id: str, model: str, text: str, finish_reason: str | None,
-                        token_usage: dict[str, int] | None, chunk: bool = False) -> dict[str, Any]:
+                        token_usage: dict[str, int] | None, chunk: bool = False,
+                        logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     body = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}]}
+            "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}]}
     if token_usage:
         body["usage"] = token_usage
     if chunk and token_usage and not text and finish_reason is None:

@@ -16,6 +16,9 @@ Rules, applied by one state machine so that streaming and whole-text parsing agr
   ``{"name": str, "arguments": object | str}`` becomes tool calls (arguments as a JSON string, ids
   ``call_<24 hex>``); any other body, or a block never closed, stays in the content verbatim. Tool calls are
   never looked for inside reasoning.
+* Plain content ends at an unopened ``</answer>`` too (as vLLM's Hunyuan parser cuts at it); the tag is dropped.
+* With tools offered, A13B's template asks for plain replies prefixed ``助手：``; :class:`PrefixStripper` removes
+  that prefix from the start of the content (streaming or whole), as vLLM does.
 * Streaming holds back text that may be the start of a tag (``<ans``) or a newline that may precede a closing
   tag, so no tag fragment ever reaches the client.
 """
@@ -35,7 +38,7 @@ TOOLS_OPEN, TOOLS_CLOSE = "<tool_calls>", "</tool_calls>"
 _MARKERS: dict[str, tuple[str, ...]] = {
     "think": (THINK_CLOSE,),
     "answer": (ANSWER_CLOSE, TOOLS_OPEN),
-    "plain": (TOOLS_OPEN,),
+    "plain": (TOOLS_OPEN, ANSWER_CLOSE),  # an unopened </answer> still ends the answer (never reaches the client)
 }
 _CLOSERS = (THINK_CLOSE, ANSWER_CLOSE)
 
@@ -197,6 +200,30 @@ class StreamingOutputParser:
             self._out.append(Delta(tool_call=call))
         self._enter(self._after_tools)
         return True
+
+
+ASSISTANT_PREFIX = "助手："
+
+
+class PrefixStripper:
+    """Removes ``prefix`` (after leading whitespace) from the start of a stream of content pieces."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix, self._buffer, self._done = prefix, "", not prefix
+
+    def push(self, text: str, final: bool = False) -> str:
+        """The content to emit for ``text``; held back (``""``) while it may still grow into the prefix."""
+        if self._done:
+            return text
+        self._buffer += text
+        stripped = self._buffer.lstrip()
+        if stripped.startswith(self._prefix):
+            self._done = True
+            return stripped[len(self._prefix):]
+        if not final and self._prefix.startswith(stripped):
+            return ""
+        self._done = True
+        return self._buffer
 
 
 def parse_output(text: str) -> ParsedOutput:

@@ -6,6 +6,11 @@
   ``torch.Generator`` seeded by ``seed`` (0 when absent, as in TensorRT-LLM), so a seed reproduces a sample.
 - Word lists use TensorRT-LLM's ``[2, L]`` layout: row 0 the concatenated token ids of every word, row 1 the
   end offset of each word, padded with -1 (``[[0], [-1]]`` is the empty list).
+- Penalties (TensorRT-LLM's): every distinct token of the prompt and the output so far has its logit divided by
+  ``repetition_penalty`` when positive (multiplied when negative), lowered by ``presence_penalty`` and by
+  ``frequency_penalty`` times its count; then the guided-decoding mask (:mod:`hunyuan_trtllm.serve.guided`).
+- Log probabilities (``return_log_probs``) are the log-softmax of the model's raw logits at the sampled token,
+  before penalties, temperature and masks; ``top_log_probs`` keeps the best ``k`` of the same distribution.
 - A sequence ends on ``end_id`` (not part of the output), on a stop word (part of the output, as in TensorRT-LLM)
   or after ``max_new_tokens``. The KV cache is kept across steps: the prompt is fed once, then one token per step.
 """
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from hunyuan_trtllm.reference.executor import KVCache, ReferenceExecutor
+from hunyuan_trtllm.serve.guided import GuidedMatcher
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,9 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 0.0
     seed: int = 0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     @property
     def greedy(self) -> bool:
@@ -43,6 +52,8 @@ class SamplingParams:
             raise ValueError(f"runtime_top_k must be >= 0, got {self.top_k}")
         if not 0.0 <= self.top_p <= 1.0:
             raise ValueError(f"runtime_top_p must be in [0, 1], got {self.top_p}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if not 0 <= self.seed < 2**64:
             raise ValueError(f"seed must be an unsigned 64-bit integer, got {self.seed}")
 
@@ -104,7 +115,12 @@ class Generation:
     stop_words: list[list[int]] = field(default_factory=list)
     bad_words: list[list[int]] = field(default_factory=list)
     min_tokens: int = 0
+    log_probs: bool = False
+    top_log_probs: int = 0
+    guide: GuidedMatcher | None = None
     tokens: list[int] = field(default_factory=list)
+    token_log_probs: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
     finished: bool = False
     cache: KVCache | None = None
     _logits: torch.Tensor | None = None
@@ -118,13 +134,21 @@ class Generation:
             self.cache = executor.new_cache()
             self._generator = make_generator(self.params.seed)
             self._logits = executor.forward(self.prompt, self.cache)[-1]
-        logits = self._masked(self._logits)
+        raw = self._logits
+        logits = self._penalized(self._masked(raw))
+        if self.guide is not None:
+            logits = self.guide.mask(logits)
         token = next_token(logits, self.params, self._generator)
         if token == self.end_id:
             self.finished = True
             return None
+        if self.guide is not None:
+            self.guide.accept(token)
+        if self.log_probs or self.top_log_probs:
+            self._record_log_probs(raw, token)
         self.tokens.append(token)
-        self.finished = len(self.tokens) >= self.max_new_tokens or self._stopped()
+        self.finished = len(self.tokens) >= self.max_new_tokens or self._stopped() or (
+            self.guide is not None and self.guide.terminated)
         if not self.finished:
             self._logits = executor.forward([token], self.cache)[-1]
         return token
@@ -138,6 +162,26 @@ class Generation:
             return logits
         logits = logits.clone()
         logits[[t for t in banned if 0 <= t < logits.numel()]] = float("-inf")
+        return logits
+
+    def _record_log_probs(self, raw: torch.Tensor, token: int) -> None:
+        log_probs = raw.float().log_softmax(-1)
+        self.token_log_probs.append(float(log_probs[token]))
+        if self.top_log_probs:
+            values, ids = log_probs.topk(min(self.top_log_probs, log_probs.numel()))
+            self.top.append([(int(i), float(v)) for i, v in zip(ids, values, strict=True)])
+
+    def _penalized(self, logits: torch.Tensor) -> torch.Tensor:
+        """Repetition, presence and frequency penalties over the prompt and the output so far."""
+        p = self.params
+        if p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0:
+            return logits
+        seen = torch.tensor([t for t in (*self.prompt, *self.tokens) if 0 <= t < logits.numel()], dtype=torch.long)
+        ids, counts = seen.unique(return_counts=True)
+        logits = logits.float().clone()
+        chosen = logits[ids]
+        chosen = torch.where(chosen > 0, chosen / p.repetition_penalty, chosen * p.repetition_penalty)
+        logits[ids] = chosen - p.presence_penalty - p.frequency_penalty * counts.float()
         return logits
 
     def _stopped(self) -> bool:

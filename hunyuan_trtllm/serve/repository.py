@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ class RepoOptions:
     ep: int = 1  # llmapi only: moe_expert_parallel_size (moe_tensor_parallel_size = tp / ep)
     # llmapi only: let TensorRT-LLM run the checkpoint's own Python (Hunyuan's tokenizer class); only on request.
     trust_remote_code: bool = False
+    xgrammar_info: Path | None = None  # engine: where the repository's xgrammar tokenizer info will be (set for you)
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,17 @@ def engine_parameters(engine_dir: Path, facts: EngineFacts, options: RepoOptions
         "normalize_log_probs": "true",
         "decoding_mode": "top_k_top_p",
         "executor_worker_path": EXECUTOR_WORKER,
-    }
+    } | guided_parameters(options)
+
+
+XGRAMMAR_INFO = "xgrammar_tokenizer_info.json"
+
+
+def guided_parameters(options: RepoOptions) -> dict[str, str]:
+    """Guided decoding for the C++ backend: xgrammar with the tokenizer info written next to the config."""
+    if options.xgrammar_info is None:
+        return {}
+    return {"guided_decoding_backend": "xgrammar", "xgrammar_tokenizer_info_path": str(options.xgrammar_info)}
 
 
 def _model_source(name: str) -> str:
@@ -204,7 +215,14 @@ def _engine_repo(source: Path, max_batch_size: int | None, streaming: bool,
                  max_seq_len=facts.max_seq_len, tokenizer_dir=_tokenizer_dir(options, "engine"),
                  streaming=streaming, llm_decoupled=streaming, logits_dtype=facts.logits_dtype)
     llm = cfg.tensorrt_llm_config(spec, "tensorrtllm", engine_parameters(source, facts, options))
-    return _pipeline(spec, llm, None), {"world_size": facts.world_size, "tp": facts.tp, "pp": facts.pp}
+    files = _pipeline(spec, llm, None)
+    if options.xgrammar_info is not None:
+        from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
+        from hunyuan_trtllm.serve.guided import xgrammar_tokenizer_info
+
+        info = xgrammar_tokenizer_info(HunyuanTokenizer.from_model_dir(spec.tokenizer_dir))
+        files["tensorrt_llm"][XGRAMMAR_INFO] = json.dumps(info, ensure_ascii=False)
+    return files, {"world_size": facts.world_size, "tp": facts.tp, "pp": facts.pp}
 
 
 def _reference_repo(source: Path, max_batch_size: int | None, streaming: bool,
@@ -223,8 +241,12 @@ def _reference_repo(source: Path, max_batch_size: int | None, streaming: bool,
                  llm_decoupled=True, logits_dtype=cfg.LOGITS_DTYPES.get(config.get("logits_dtype", ""), "FP32"))
     params = {"checkpoint_dir": str(source), "max_batch_size": str(spec.max_batch_size),
               "max_input_len": str(max_input_len), "max_seq_len": str(max_seq_len),
-              "exclude_input_in_output": flag(options.exclude_input_in_output), "allow_streaming": flag(streaming)}
+              "exclude_input_in_output": flag(options.exclude_input_in_output), "allow_streaming": flag(streaming),
+              "tokenizer_dir": str(spec.tokenizer_dir), "guided_decoding_backend": "xgrammar"}
     llm = cfg.tensorrt_llm_config(spec, "python", params)
+    extra_inputs, extra_outputs = cfg.reference_llm_extras()
+    llm["input"] += extra_inputs
+    llm["output"] += extra_outputs
     mapping = config["mapping"]
     return _pipeline(spec, llm, _model_source("reference_llm")), {
         "world_size": mapping["tp_size"] * mapping["pp_size"], "tp": mapping["tp_size"], "pp": mapping["pp_size"]}
@@ -292,6 +314,8 @@ def write_triton_repo(source: Path, out: Path, flavor: str, max_batch_size: int 
     if out.exists() and not overwrite:
         raise UserError(f"{out}: already exists (pass --overwrite to replace it)")
     check_replaceable(out, _is_our_repo, "a Triton repository (repo.json)")
+    if flavor == "engine":  # guided decoding: TensorRT-LLM's C++ backend reads the vocabulary from this file
+        options = replace(options, xgrammar_info=out / "tensorrt_llm" / XGRAMMAR_INFO)
     files, launch = _BUILDERS[flavor](source, max_batch_size, streaming, options)
     meta = {"flavor": flavor, "source": str(source), "streaming": streaming, **launch,
             "generator": f"hunyuan-trtllm {__version__}"}

@@ -105,7 +105,7 @@ class TemplateWorkers:
             self._idle.put(None)  # a slot; its worker starts on first use
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-               enable_thinking: bool) -> str:
+               enable_thinking: bool | None) -> str:
         """The prompt, or :class:`TemplateRenderError`."""
         worker = self._idle.get()
         try:

@@ -107,6 +107,14 @@ def _extra_outputs(logits_dtype: str) -> list[dict[str, Any]]:
             _LLM_EXTRA_OUTPUTS]
 
 
+def reference_llm_extras() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(inputs, outputs) the ``reference`` model adds to TensorRT-LLM's: top-k log probabilities per token, which
+    the 1.2.x template has no tensor for (``num_top_log_probs`` -> ``top_log_probs`` / ``top_log_prob_ids``)."""
+    inputs = [tensor("num_top_log_probs", "INT32", [1], optional=True, scalar=True)]
+    outputs = [tensor("top_log_probs", "FP32", [-1, -1, -1]), tensor("top_log_prob_ids", "INT32", [-1, -1, -1])]
+    return inputs, outputs
+
+
 def _batching(spec: PipelineSpec) -> dict[str, Any]:
     return {"max_queue_delay_microseconds": spec.max_queue_delay_microseconds}
 
