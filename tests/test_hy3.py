@@ -192,7 +192,9 @@ def test_dense_layer_width_and_hy3_config_errors(hy3_golden):
 
     for change, message in [({"expert_hidden_dim": 16}, "disagree"), ({"moe_router_use_sigmoid": False}, "softmax"),
                             ({"mlp_layer_types": ["sparse", "dense", "sparse", "sparse"]}, "only leading dense"),
-                            ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'")]:
+                            ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
+                            ({"num_attention_heads": 0}, "'num_attention_heads' must be a positive integer"),
+                            ({"moe_intermediate_size": "32"}, "'moe_intermediate_size' must be a positive")]:
         with pytest.raises(ConfigError, match=message):
             parse_spec({**config, **change})
 

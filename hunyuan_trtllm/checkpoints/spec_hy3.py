@@ -28,6 +28,12 @@ def parse_hy3_spec(cfg: dict[str, Any], where: str) -> ModelSpec:
             raise ConfigError(f"{where}: required field '{key}' is missing")
         return cfg[key]
 
+    for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                "intermediate_size", "num_experts", "vocab_size", "moe_intermediate_size", "expert_hidden_dim"):
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{where}: '{key}' must be a positive integer, not {value!r}")
+
     layers = int(need("num_hidden_layers"))
     hidden = int(need("hidden_size"))
     heads = int(need("num_attention_heads"))
