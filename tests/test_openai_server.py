@@ -288,6 +288,9 @@ def test_chat_logprobs_are_log_softmax_of_the_executor_logits(served, tiny_model
         assert [by_bytes[tuple(t["bytes"])] for t in entry["top_logprobs"]] == best.indices.tolist()
         assert [t["logprob"] for t in entry["top_logprobs"]] == pytest.approx(best.values.tolist(), abs=1e-4)
         sequence.append(token)
+    streamed = [e for ch in sse(c, "/v1/chat/completions", body) if ch["choices"]
+                for e in (ch["choices"][0].get("logprobs") or {}).get("content", [])]
+    assert streamed == content  # the same seed: the same tokens, each reported once
 
 
 def test_json_schema_output_parses_and_validates(served, tiny_models):
