@@ -185,7 +185,7 @@ class TritonServer:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise TritonServerError(f"tritonserver exited with code {self.process.returncode} before it was "
-                                        f"ready:\n{self.log_tail()}")
+                                        f"ready:\n{self.failure_log()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as response:
                     if response.status == 200:
@@ -193,7 +193,15 @@ class TritonServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(POLL_S)
-        raise TritonServerError(f"tritonserver was not ready within {self.ready_timeout:.0f} s:\n{self.log_tail()}")
+        raise TritonServerError(f"tritonserver was not ready within {self.ready_timeout:.0f} s:\n{self.failure_log()}")
+
+    def failure_log(self) -> str:
+        """What says why the server did not come up: its error lines (glog ``E`` lines, which a slow unload of the
+        other models can push out of the tail), then the last :data:`LOG_TAIL_LINES` lines."""
+        tail = self.log_tail()
+        errors = [line for line in self.log_tail(10_000).splitlines()
+                  if line[:1] == "E" and line[1:5].isdigit() and line not in tail]
+        return "\n".join([*errors[-LOG_TAIL_LINES:], tail])
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines of the server's log."""
