@@ -358,8 +358,8 @@ def test_serve_with_triton_listens_only_on_its_host(tiny, tmp_path, monkeypatch)
         deadline, listening, process = time.monotonic() + 120, set(), None
         while time.monotonic() < deadline and not runner.done() and len(listening) < 3:
             time.sleep(0.5)
-            process = next((p for p in psutil.Process().children(recursive=True) if p.name() == "tritonserver"),
-                           None)
+            process = next((p for p in psutil.Process().children(recursive=True)  # not the module's server
+                            if f"--http-port={port}" in p.cmdline()), None)
             if process is not None:
                 listening = {(c.laddr.ip, c.laddr.port) for c in process.net_connections("inet")
                              if c.status == psutil.CONN_LISTEN}
