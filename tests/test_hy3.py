@@ -173,7 +173,6 @@ def test_mtp_layer_left_out_by_default_and_kept_as_a_draft_part(hy3_golden, tmp_
     (["--pp", "5"], "error: --pp 5 exceeds the 4 layers"),
 ])
 def test_impossible_layouts_refused_with_one_line(hy3_golden, tmp_path, flags, message):
-    from hunyuan_trtllm import commands  # noqa: F401  (registers convert)
     from hunyuan_trtllm.cli import cli
 
     out = tmp_path / "out"

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import tiktoken
 
 from hunyuan_trtllm.checkpoints.chat_template import TURN_END, ChatTemplate, Message
+from hunyuan_trtllm.checkpoints.hy3_template import Hy3ChatTemplate, detect_hy3_tokens, template_variables
 from hunyuan_trtllm.checkpoints.hy_tokenizer import load_hy_tiktoken
 from hunyuan_trtllm.errors import UserError
 
@@ -146,10 +147,14 @@ class HunyuanTokenizer:
     """A Hunyuan model directory's tokenizer, special ids and chat template (no remote code)."""
 
     def __init__(self, backend: _Backend, tokenizer_config: dict[str, Any], generation_config: dict[str, Any],
-                 template: ChatTemplate | None) -> None:
-        """Prefer :meth:`from_model_dir`; ids named in the configs must exist in the vocabulary."""
+                 template: ChatTemplate | None, hy3: Hy3ChatTemplate | None = None) -> None:
+        """Prefer :meth:`from_model_dir`; ids named in the configs must exist in the vocabulary.
+
+        ``hy3``: the Hy3 prompt format (Hy3 vocabularies only; :attr:`hy3`).
+        """
         self._backend = backend
         self._template = template
+        self.hy3 = hy3
         names = [_token_text(tokenizer_config.get("eos_token")), TURN_END]
         named = [i for i in (self._optional_id(n) for n in names) if i is not None]
         generation = _int_list(generation_config.get("eos_token_id"))
@@ -182,7 +187,10 @@ class HunyuanTokenizer:
         tokenizer_config = _read_json(path / "tokenizer_config.json")
         template = ChatTemplate.from_tokenizer_files(
             tokenizer_config, path / "chat_template.jinja", builtin_allowed=isinstance(backend, _TiktokenBackend))
-        return cls(backend, tokenizer_config, _read_json(path / "generation_config.json"), template)
+        hy3_tokens = detect_hy3_tokens(tokenizer_config, backend.token_id)
+        hy3 = None if hy3_tokens is None else Hy3ChatTemplate(
+            hy3_tokens, template.source if template else None, template_variables(tokenizer_config))
+        return cls(backend, tokenizer_config, _read_json(path / "generation_config.json"), template, hy3)
 
     def _optional_id(self, name: str | None) -> int | None:
         return None if name is None else self._backend.token_id(name)
@@ -231,6 +239,8 @@ class HunyuanTokenizer:
     def render_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
                     enable_thinking: bool = True, add_generation_prompt: bool = True) -> str:
         """The prompt text for ``messages`` (OpenAI-style dicts); see :meth:`ChatTemplate.render`."""
+        if self.hy3 is not None:  # Hy3: reasoning_effort, not enable_thinking (see hy3_template)
+            return self.hy3.render(messages, tools, add_generation_prompt=add_generation_prompt)
         if self._template is None:
             raise UserError("this model has no chat template (tokenizer_config.json has no chat_template)")
         return self._template.render(messages, tools, enable_thinking, add_generation_prompt)
