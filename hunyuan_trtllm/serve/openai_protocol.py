@@ -57,6 +57,7 @@ class ChatCompletionRequest(SamplingRequest):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: str | None = None  # Hy3: no_think (default), low, high
 
     @property
     def token_limit(self) -> int | None:

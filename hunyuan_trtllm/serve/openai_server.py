@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.serve.generation import GenerationParams, TokenBackend, generate_text
+from hunyuan_trtllm.serve.hy3_output import hy3_chat
 from hunyuan_trtllm.serve.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -145,7 +146,9 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
         messages = [m.model_dump(exclude_none=True) | {"content": m.text()} for m in request.messages]
         thinking = (request.chat_template_kwargs or {}).get("enable_thinking", True)
         try:
-            prompt = tokenizer.render_chat(messages, tools=request.tools, enable_thinking=bool(thinking))
+            hy3 = hy3_chat(tokenizer, messages, request.tools, request.chat_template_kwargs, request.reasoning_effort)
+            prompt = hy3.prompt if hy3 else tokenizer.render_chat(messages, tools=request.tools,
+                                                                  enable_thinking=bool(thinking))
         except (UserError, ValueError) as exc:
             raise RequestError(str(exc), param="messages") from None
         prompt_ids = tokenizer.encode(prompt)
@@ -153,7 +156,7 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
         request_id = new_id("chatcmpl")
 
         async def stream_body(events, include_usage: bool):
-            parser, completion, called = StreamingOutputParser(), 0, 0
+            parser, completion, called = hy3.parser() if hy3 else StreamingOutputParser(), 0, 0
             yield chat_chunk(request_id, request.model, {"role": "assistant", "content": ""}), 0
             async for event in events:
                 completion = event.completion_tokens
@@ -179,7 +182,7 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
         if isinstance(result, StreamingResponse):
             return result
         text, finish, token_usage = result
-        parsed = parse_output(text)
+        parsed = hy3.parse(text) if hy3 else parse_output(text)
         message: dict[str, Any] = {"role": "assistant", "content": parsed.content,
                                    "reasoning_content": parsed.reasoning_content}
         if parsed.tool_calls:
