@@ -33,7 +33,8 @@ from hunyuan_trtllm.synth.checkpoint import synth_config
 from .conftest import SHARED
 
 FAKE_TRTLLM = Path(__file__).parent / "fake_trtllm"
-TRT_MODULES = ("hunyuan_trtllm.plugins.config", "hunyuan_trtllm.plugins.attention", "hunyuan_trtllm.plugins.model")
+TRT_MODULES = ("hunyuan_trtllm.plugins.config", "hunyuan_trtllm.plugins.attention", "hunyuan_trtllm.plugins.hy3",
+               "hunyuan_trtllm.plugins.model")
 REAL_A13B = SHARED / "fixtures" / "hunyuan-files" / "a13b" / "config.json"
 PRECISIONS = ("bf16", "fp8", "fp8-kv")
 

@@ -40,6 +40,11 @@ class AttentionMaskType(IntEnum):
     custom_mask = 6
 
 
+class SideStreamIDType(IntEnum):
+    disable = 0
+    moe = 1
+
+
 class Tensor:
     """A network tensor: only the real TensorRT-LLM builds networks."""
 
@@ -58,3 +63,4 @@ def _graph_op(name: str):
 cast, concat, constant, cos, sin = (_graph_op(n) for n in ("cast", "concat", "constant", "cos", "sin"))
 gpt_attention, recv, send, shape = (_graph_op(n) for n in ("gpt_attention", "recv", "send", "shape"))
 split, unsqueeze = _graph_op("split"), _graph_op("unsqueeze")
+allreduce, gather, sigmoid, sum, topk = (_graph_op(n) for n in ("allreduce", "gather", "sigmoid", "sum", "topk"))
