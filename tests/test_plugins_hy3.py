@@ -4,13 +4,34 @@ QK-norm before RoPE. Same machinery as tests/test_plugins_model.py (declaration 
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.spec import parse_spec
 from hunyuan_trtllm.synth.checkpoint import synth_config
 
-from .test_plugins_model import PRECISIONS, assert_declares_the_plan, build_rank, checkpoint, tiny_spec, trt  # noqa: F401
+from .test_plugins_model import (
+    FAKE_TRTLLM,
+    PRECISIONS,
+    _forget_trt_modules,
+    assert_declares_the_plan,
+    build_rank,
+    checkpoint,
+    tiny_spec,
+)
+
+
+@pytest.fixture
+def trt(monkeypatch):
+    """``hunyuan_trtllm.plugins`` registered on the declaration stand-in (as in test_plugins_model)."""
+    _forget_trt_modules()
+    monkeypatch.syspath_prepend(str(FAKE_TRTLLM))
+    plugins = importlib.import_module("hunyuan_trtllm.plugins")
+    plugins.register()
+    yield plugins
+    _forget_trt_modules()
 
 HY3_LAYOUTS = [Mapping(), Mapping(tp=2), Mapping(tp=2, moe_ep=2), Mapping(tp=2, pp=2, moe_ep=2)]
 
