@@ -1,8 +1,10 @@
-"""Conversion speed and memory on full-width Hunyuan-A13B stacks, against a plain copy of the same bytes.
+"""Conversion speed and memory on full-width Hunyuan-A13B (or, ``--arch hy3``, Hy3) stacks, against a plain copy of
+the same bytes.
 
-Synthesizes a full-width A13B checkpoint with ``--layers`` decoder layers once (bfloat16; 2 layers ≈ 10 GB), plus
-an FP8 copy of it in Tencent's FP8 release format, then measures each variant ``--repeats`` times in a fresh
-process and reports the median:
+Synthesizes a full-width checkpoint with ``--layers`` decoder layers once (bfloat16; A13B: 2 layers ≈ 10 GB; Hy3: a
+MoE layer ≈ 3.6 GB plus 2 GB of embedding and lm_head, one layer = one MoE layer, deeper stacks start with the dense
+layer 0, and the MTP layer is part of the source), plus an FP8 copy of it in Tencent's FP8 release format, then
+measures each variant ``--repeats`` times in a fresh process and reports the median:
 
 - ``copy``: every source file copied to the output disk and fsynced (the physical limit on this machine);
 - ``bf16_tp8_ep8`` / ``bf16_tp2_ep4``: ``convert`` in bfloat16 (``--workers``; ``_w1`` etc. for the others);
@@ -141,15 +143,15 @@ def largest_output_tensor(src: Path) -> int:
     return max(t.nbytes for rank in plan.ranks for t in rank)
 
 
-def make_sources(work: Path, layers: int, preset: str) -> tuple[Path, Path]:
-    """The full-width bfloat16 A13B stack and its FP8 copy (Tencent's format, scales from the weights)."""
+def make_sources(work: Path, layers: int, preset: str, arch: str = "a13b") -> tuple[Path, Path]:
+    """The full-width bfloat16 stack of ``arch`` and its FP8 copy (Tencent's format, scales from the weights)."""
     from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
     from hunyuan_trtllm.checkpoints.quantize import fp8_linear_names, quantize_checkpoint, weight_scales
     from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
     from hunyuan_trtllm.synth.checkpoint import synth_checkpoint
 
-    bf16, fp8 = work / "a13b-bf16", work / "a13b-fp8"
-    synth_checkpoint(bf16, "a13b", preset=preset, layers=layers, dtype="bfloat16", progress=preset == "full-width")
+    bf16, fp8 = work / f"{arch}-bf16", work / f"{arch}-fp8"
+    synth_checkpoint(bf16, arch, preset=preset, layers=layers, dtype="bfloat16", progress=preset == "full-width")
     source = SourceCheckpoint(bf16)
     names = fp8_linear_names(source.spec)
     scales = Fp8Scales(weight=weight_scales(source, names), activation=dict.fromkeys(names, 0.05),
@@ -161,9 +163,10 @@ def make_sources(work: Path, layers: int, preset: str) -> tuple[Path, Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=2, help="decoder layers of the synthetic A13B (default 2)")
+    parser.add_argument("--arch", choices=["a13b", "hy3"], default="a13b", help="architecture (default a13b)")
+    parser.add_argument("--layers", type=int, default=2, help="decoder layers of the synthetic model (default 2)")
     parser.add_argument("--preset", choices=["full-width", "tiny"], default="full-width",
-                        help="widths of the synthetic A13B (tiny: the test suite's memory check)")
+                        help="widths of the synthetic model (tiny: the test suite's memory check)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant; the median is reported")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts for bf16_tp8_ep8")
     parser.add_argument("--skip", nargs="*", default=[], help="variants to leave out (e.g. naive_bf16)")
@@ -174,7 +177,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-convert-", dir=args.work_dir))
     try:
         with contextlib.redirect_stdout(sys.stderr):  # synth's progress bars: stdout stays for the results
-            bf16, fp8 = make_sources(work, args.layers, args.preset)
+            bf16, fp8 = make_sources(work, args.layers, args.preset, args.arch)
         largest = largest_output_tensor(bf16)
         main_workers = max(args.workers)
         variants = [("copy", bf16, 1)]
@@ -199,13 +202,13 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     bound = 2 + 2 * largest / GB  # the issue's target: 2 GB + 2x the largest output tensor
-    report = {"preset": args.preset, "layers": args.layers, "repeats": args.repeats, "cpus": psutil.cpu_count(),
-              "memory_gb": psutil.virtual_memory().total / GB, "largest_output_tensor_gb": largest / GB,
-              "peak_rss_bound_gb": bound, "variants": results}
+    report = {"arch": args.arch, "preset": args.preset, "layers": args.layers, "repeats": args.repeats,
+              "cpus": psutil.cpu_count(), "memory_gb": psutil.virtual_memory().total / GB,
+              "largest_output_tensor_gb": largest / GB, "peak_rss_bound_gb": bound, "variants": results}
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    table = Table(title=f"convert on a {args.preset} A13B stack of {args.layers} layers "
+    table = Table(title=f"convert on a {args.preset} {args.arch} stack of {args.layers} layers "
                         f"({psutil.cpu_count()} CPUs, median of {args.repeats})")
     for column in ("variant", "workers", "read GB", "written GB", "s", "GB/s", "× copy", "peak RSS GB"):
         table.add_column(column, justify="left" if column == "variant" else "right")

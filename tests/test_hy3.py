@@ -131,7 +131,8 @@ def test_bfloat16_keeps_router_bias_and_lm_head_in_float32_and_verifies(hy3_gold
         t = load_file(out / f"rank{rank}.safetensors")
         assert t["transformer.layers.1.mlp.router.weight"].dtype == torch.float32
         bias = t["transformer.layers.1.mlp.expert_bias"]
-        assert bias.dtype == torch.float32 and torch.equal(bias, open_source(path).get("model.layers.1.mlp.expert_bias"))
+        assert bias.dtype == torch.float32
+        assert torch.equal(bias, open_source(path).get("model.layers.1.mlp.expert_bias"))
         assert t["lm_head.weight"].dtype == torch.float32 and t["lm_head.weight"].shape == (256, 64)
         assert t["transformer.layers.0.mlp.fc.weight"].dtype == torch.bfloat16
         assert t["transformer.layers.0.mlp.fc.weight"].shape == (48, 64)  # dense layer 0: 96 / tp 2
@@ -194,3 +195,15 @@ def test_dense_layer_width_and_hy3_config_errors(hy3_golden):
                             ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'")]:
         with pytest.raises(ConfigError, match=message):
             parse_spec({**config, **change})
+
+
+def test_engine_build_reads_hy3_back_from_the_converted_config(golden_layouts, hy3_golden):
+    """build re-derives the spec from a converted config.json: every Hy3 field survives (MTP is not engine part)."""
+    import dataclasses
+
+    from hunyuan_trtllm.builder.checkpoint import spec_from_trtllm_config
+
+    spec = spec_from_trtllm_config(golden_layouts[(1, 1, 1)].config, "config.json")
+    source = parse_spec(json.loads((hy3_golden[0] / "config.json").read_text()))
+    differ = {f.name for f in dataclasses.fields(spec) if getattr(spec, f.name) != getattr(source, f.name)}
+    assert differ <= {"num_mtp_layers", "notes"}, differ

@@ -54,7 +54,8 @@ def input_scale(a: dict[str, float], name: str) -> float:
 @contextmanager
 def quantized_expert_down_inputs(state: dict[str, float], down_shape: tuple[int, int]):
     """While active, transformers' expert loop sees e4m3-rounded inputs to each expert's down projection (the
-    only [H, I] F.linear it calls; its gate_up is [2I, H]) while ``state["on"]``, with ``state["down"]`` (set per layer by a hook)."""
+    only [H, I] F.linear it calls; gate_up is [2I, H]) while ``state["on"]``, rounded with ``state["down"]``
+    (both set per layer by hooks)."""
     original = torch.nn.functional.linear
 
     def linear(x, weight, bias=None):
@@ -223,3 +224,22 @@ def test_hy3_fp8_release_imports_without_calibration(hy3_fp8_release, tmp_path):
     executor = ReferenceExecutor(out)
     for ids, ref in zip(prompts, expected, strict=True):
         assert (executor.forward(ids) - ref).abs().max().item() <= 1e-4
+
+
+def test_cli_calibrates_converts_and_verifies_a_synthetic_hy3(hy3_fp8_release, tmp_path):
+    """synth's Hy3 carries a tokenizer.json, so the built-in calibration set runs end to end from the CLI."""
+    from click.testing import CliRunner
+
+    from hunyuan_trtllm.cli import cli
+
+    bf16 = hy3_fp8_release[0]
+    out = tmp_path / "fp8"
+    result = CliRunner().invoke(cli, ["convert", str(bf16), "-o", str(out), "--tp", "2", "--ep", "2", "--dtype",
+                                      "fp8", "--calib-builtin", "--calib-samples", "4", "--calib-seq-len", "32",
+                                      "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    report = CliRunner().invoke(cli, ["verify", str(out), "--against", str(bf16), "--json"])
+    data = json.loads(report.output[report.output.index("{"):])
+    assert data["quantization"] == "FP8" and data["reference"].startswith("transformers (hy_v3)")
+    assert 0.9 < data["min_cosine"] < 1.0  # random tiny weights: e4m3 moves logits a little
+    assert report.exit_code == (0 if data["passed"] else 1) and data["passed"] == (data["min_cosine"] >= 0.99)

@@ -194,3 +194,26 @@ def test_custom_module_dir_and_config_class(hy3):
     assert config.rope_theta == 11158840.0 and config.head_dim == 16
     # transformers >= 5 aliases rope_scaling to rope_parameters; older ones (TensorRT-LLM 1.2's) keep None
     assert config.rope_scaling is None or config.rope_scaling.get("rope_type") == "default"
+
+
+def test_serving_paths_import_the_hy3_module(hy3, tmp_path):
+    """trtllm-serve's command line and the Triton llmapi flavor both name the Hy3 custom-module dir (alone in its
+    parent); imported without TensorRT-LLM it registers nothing and loads nothing."""
+    import subprocess
+    import sys
+
+    from hunyuan_trtllm.serve.repository import RepoOptions, llmapi_settings
+    from hunyuan_trtllm.serve.trtllm_serve import ServeOptions, detect_target, trtllm_serve_command
+
+    path, _, _ = hy3
+    directory = pytorch_plugin_dir(HYV3)
+    assert [p.name for p in directory.parent.iterdir() if p.name != "__pycache__"] == ["hy3_trtllm"]
+    command = trtllm_serve_command(detect_target(path), ServeOptions(tp=8, ep=8), tmp_path / "extra.yaml")
+    assert command[command.index("--custom_module_dirs") + 1] == str(directory)
+    settings = llmapi_settings(path, 4, True, RepoOptions(tp=8, ep=8))
+    assert settings["triton_config"]["custom_module_dirs"] == [str(directory)]
+    assert settings["moe_expert_parallel_size"] == 8 and settings["backend"] == "pytorch"
+    code = (f"import sys, importlib; sys.path.insert(0, {str(directory.parent)!r}); importlib.import_module("
+            "'hy3_trtllm'); print(sorted(m for m in sys.modules if m.endswith('modeling_hy3') or m == 'tensorrt_llm'))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          timeout=120).stdout.strip() == "[]"

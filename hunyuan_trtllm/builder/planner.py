@@ -34,7 +34,7 @@ from hunyuan_trtllm.builder.planner_costs import (
 from hunyuan_trtllm.builder.planner_models import DEFAULT_FREE_FRACTION, PlannedModel, load_model
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.spec import ModelSpec
-from hunyuan_trtllm.checkpoints.weight_plan import parameter_counts
+from hunyuan_trtllm.checkpoints.weight_plan import mtp_parameter_count, parameter_counts
 from hunyuan_trtllm.errors import MappingError, UserError
 
 OVERFLOW_ORDER = ("weights", "workspace", "kv")  # most to least severe
@@ -52,6 +52,7 @@ class PlanRequest:
     kv_cache_dtype: str
     max_seq_len: int
     free_fraction: float
+    mtp: bool = False  # the MTP draft part is kept (convert --mtp keep): its weights and KV on the last stage
 
     @property
     def world_size(self) -> int:
@@ -63,8 +64,11 @@ class PlanRequest:
 
 
 def check_request(spec: ModelSpec, gpu: str, gpus_per_node: int, nodes: int, dtype: str,
-                  kv_cache_dtype: str | None, max_seq_len: int | None, free_fraction: float) -> PlanRequest:
+                  kv_cache_dtype: str | None, max_seq_len: int | None, free_fraction: float,
+                  mtp: bool = False) -> PlanRequest:
     """Validate the flags; each mistake is one line naming the flag."""
+    if mtp and not spec.num_mtp_layers:
+        raise UserError("--mtp keep: this model has no MTP layer (num_nextn_predict_layers)")
     if gpus_per_node < 1:
         raise UserError("--gpus must be at least 1")
     if nodes < 1:
@@ -84,7 +88,7 @@ def check_request(spec: ModelSpec, gpu: str, gpus_per_node: int, nodes: int, dty
         raise UserError(f"--max-seq-len {seq_len}: must be at least 1")
     hardware = gpu_spec(gpu)
     hardware.dense_flops(dtype)  # refuses FP8 on GPUs without FP8 tensor cores
-    return PlanRequest(hardware, gpus_per_node, nodes, dtype, kv_cache_dtype, seq_len, free_fraction)
+    return PlanRequest(hardware, gpus_per_node, nodes, dtype, kv_cache_dtype, seq_len, free_fraction, mtp)
 
 
 def candidate_mappings(spec: ModelSpec, request: PlanRequest) -> tuple[list[Mapping], list[dict[str, Any]]]:
@@ -148,7 +152,7 @@ def compute_bound_tokens_per_s(active_params: int, request: PlanRequest) -> floa
 
 def evaluate_layout(spec: ModelSpec, mapping: Mapping, request: PlanRequest, active_params: int) -> dict[str, Any]:
     """One layout's row of the plan (the JSON contract's keys, and a few more)."""
-    costs = rank_costs(spec, mapping, request.dtype, request.kv_cache_dtype)
+    costs = rank_costs(spec, mapping, request.dtype, request.kv_cache_dtype, request.mtp)
     verdicts = [(_rank_memory(cost, request), cost) for cost in costs]
     worst = min(verdicts, key=lambda v: (OVERFLOW_ORDER.index(v[0][0]) if v[0][0] else len(OVERFLOW_ORDER),
                                          v[0][2], v[0][1], -v[1].weight_bytes))
@@ -185,6 +189,7 @@ def model_summary(model: PlannedModel) -> dict[str, Any]:
     total, active = parameter_counts(spec)
     return {
         "name": model.name, "architecture": spec.architecture, "total_params": total, "active_params": active,
+        "mtp_params": mtp_parameter_count(spec), "num_mtp_layers": spec.num_mtp_layers,
         "kv_bytes_per_token": {name: spec.kv_bytes_per_token(size) for name, size in KV_DTYPE_BYTES.items()},
         "num_layers": spec.num_layers, "num_kv_layers": spec.num_kv_layers, "num_kv_heads": spec.num_kv_heads,
         "head_dim": spec.head_dim, "num_experts": spec.num_experts, "top_k": spec.top_k,
@@ -204,6 +209,8 @@ def assumptions(request: PlanRequest) -> dict[str, Any]:
         "decode_batch1": "HBM-bound: per PP stage the slowest rank reads its non-expert weights, one embedding row, "
                          "ceil(top_k / moe_ep) of its experts, and KV at max_seq_len",
         "decode_compute_bound": "GPUs x dense FLOP/s / (2 x active parameters)",
+        "mtp": "kept: the MTP draft part's weights (bfloat16) and one KV layer per MTP layer on the last stage; "
+               "draft-token decode traffic not counted" if request.mtp else "not kept",
     }
 
 
@@ -218,14 +225,16 @@ def _notes(spec: ModelSpec, request: PlanRequest, layouts: list[dict[str, Any]])
     return notes
 
 
-def make_plan(model: str | None, preset: str | None, gpu: str, gpus_per_node: int, nodes: int, dtype: str,
+def make_plan(model: str | None, preset: str | None, gpu: str, gpus_per_node: int, nodes: int, dtype: str | None,
               kv_cache_dtype: str | None, max_seq_len: int | None,
-              free_fraction: float = DEFAULT_FREE_FRACTION) -> dict[str, Any]:
+              free_fraction: float = DEFAULT_FREE_FRACTION, mtp: bool = False) -> dict[str, Any]:
     """The plan as a JSON-able dict: ``model``, ``gpu``, the settings, ``layouts`` ranked best first,
-    ``recommended`` (the best fitting layout, or None) and ``source`` (MODEL, or ``preset:NAME``)."""
+    ``recommended`` (the best fitting layout, or None) and ``source`` (MODEL, or ``preset:NAME``). ``dtype`` None:
+    the release's (fp8 for an FP8 release, else bf16)."""
     planned = load_model(model, preset)
     spec = planned.spec
-    request = check_request(spec, gpu, gpus_per_node, nodes, dtype, kv_cache_dtype, max_seq_len, free_fraction)
+    request = check_request(spec, gpu, gpus_per_node, nodes, dtype or planned.default_dtype, kv_cache_dtype,
+                            max_seq_len, free_fraction, mtp)
     summary = model_summary(planned)
     mappings, skipped = candidate_mappings(spec, request)
     layouts = sorted((evaluate_layout(spec, m, request, summary["active_params"]) for m in mappings),
@@ -236,6 +245,7 @@ def make_plan(model: str | None, preset: str | None, gpu: str, gpus_per_node: in
         "gpus_per_node": gpus_per_node,
         "nodes": nodes,
         "dtype": request.dtype,
+        "mtp": request.mtp,
         "kv_cache_dtype": request.kv_cache_dtype,
         "max_seq_len": request.max_seq_len,
         "assumptions": assumptions(request),

@@ -81,10 +81,12 @@ def kv_bytes_per_token_per_rank(spec: ModelSpec, mapping: Mapping, pp_rank: int,
 def activation_bytes_per_token(spec: ModelSpec, tp: int) -> int:
     """16-bit activation bytes per in-flight token on one rank: residual stream plus the widest intermediate."""
     qkv = (spec.num_heads // tp + 2 * max(1, spec.num_kv_heads // tp)) * spec.head_dim
-    if spec.is_moe:
+    dense = 2 * spec.intermediate_size // tp
+    if spec.is_moe:  # Hy3 has both kinds of layer: the wider one counts
         mlp = (2 * spec.shared_intermediate_size + spec.top_k * 2 * spec.expert_intermediate_size) // tp
+        mlp = max(mlp, dense) if spec.first_dense_layers else mlp
     else:
-        mlp = 2 * spec.intermediate_size // tp
+        mlp = dense
     return ACTIVATION_BYTES * (4 * spec.hidden_size + max(qkv, mlp))
 
 
@@ -112,15 +114,28 @@ def decode_read_bytes(tensors: tuple[TensorPlan, ...], spec: ModelSpec, mapping:
     return total
 
 
-def rank_costs(spec: ModelSpec, mapping: Mapping, dtype: str, kv_cache_dtype: str) -> tuple[RankCost, ...]:
+def mtp_costs(spec: ModelSpec, mapping: Mapping, kv_dtype_bytes: int) -> tuple[int, int]:
+    """(weight bytes, KV bytes per token) the MTP draft part (``convert --mtp keep``, unquantized bfloat16) adds to
+    each rank of the last pipeline stage: its layers' share of the weights and of one KV cache per MTP layer."""
+    weights = WeightPlan.build_mtp(spec, mapping, torch.bfloat16).rank_bytes(0)
+    per_layer = spec.kv_bytes_per_token(kv_dtype_bytes, mapping.tp) // spec.num_kv_layers
+    return weights, per_layer * spec.num_mtp_layers
+
+
+def rank_costs(spec: ModelSpec, mapping: Mapping, dtype: str, kv_cache_dtype: str,
+               mtp: bool = False) -> tuple[RankCost, ...]:
     """Every rank's costs for a layout; weight bytes are the weight plan's sum of tensor bytes for the rank's
-    stage representative (see :func:`stage_representatives`)."""
+    stage representative (see :func:`stage_representatives`), plus the MTP draft part on the last stage if
+    ``mtp``."""
     plan = layout_weight_plan(spec, mapping, dtype, kv_cache_dtype == "fp8")
     workspace = workspace_bytes(spec, mapping.tp)
+    extra_weights, extra_kv = mtp_costs(spec, mapping, KV_DTYPE_BYTES[kv_cache_dtype]) if mtp else (0, 0)
     costs = []
     for rank, same_as in enumerate(stage_representatives(mapping)):
         pp_rank = mapping.coords(rank).pp_rank
+        last = pp_rank == mapping.pp - 1
         kv = kv_bytes_per_token_per_rank(spec, mapping, pp_rank, KV_DTYPE_BYTES[kv_cache_dtype])
         read = decode_read_bytes(plan.ranks[same_as], spec, mapping)
-        costs.append(RankCost(pp_rank, plan.rank_bytes(same_as), read, kv, workspace))
+        costs.append(RankCost(pp_rank, plan.rank_bytes(same_as) + extra_weights * last, read,
+                              kv + extra_kv * last, workspace))
     return tuple(costs)

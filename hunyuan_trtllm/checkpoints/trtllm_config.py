@@ -7,11 +7,12 @@ Hunyuan-specific facts are written explicitly rather than left to defaults:
 - ``moe.normalization_mode``: RENORMALIZE (1) for top-k > 1, NONE (0) for Hunyuan-Large's top-1;
 - CLA: ``num_kv_heads_per_layer`` (0 for layers that own no KV cache, as DeciLM marks them) and
   ``cla_kv_source_layer`` (the global layer whose KV cache each layer reads).
-- routing, exactly (``hunyuan.routing``; ``moe`` holds only TensorRT-LLM's ``MoeConfig`` fields): ``scoring`` softmax (older Hunyuan) or sigmoid (Hy3); ``expert_bias``
-  ``selection_only`` (Hy3: ``layers.{l}.mlp.expert_bias`` is added to the scores for top-k only, the weights are
-  the unbiased scores) or ``none``; ``renormalize`` (weights / (sum + ``renormalize_epsilon``)); and
-  ``routed_scaling_factor`` (weights x factor after renormalising; Hy3: 2.826). No stock TensorRT-LLM
-  normalization mode computes sigmoid scores, so ``normalization_mode`` alone does not describe Hy3;
+- routing, exactly (``hunyuan.routing``; ``moe`` holds only TensorRT-LLM's ``MoeConfig`` fields): ``scoring``
+  softmax (older Hunyuan) or sigmoid (Hy3); ``expert_bias`` ``selection_only`` (Hy3: ``layers.{l}.mlp.expert_bias``
+  is added to the scores for the top-k choice only, the weights are the unbiased scores) or ``none``;
+  ``renormalize`` (weights / (sum + ``renormalize_epsilon``)); and ``routed_scaling_factor`` (weights x factor
+  after renormalising; Hy3: 2.826). No stock TensorRT-LLM normalization mode computes sigmoid scores, so
+  ``moe.normalization_mode`` (1, RENORMALIZE, for Hy3) alone does not describe Hy3;
 - per-layer MLP kind ``hunyuan.mlp_layer_types`` (``dense`` layers use ``hunyuan.dense_intermediate_size``),
   QK-norm position ``hunyuan.qk_norm_position`` (Hy3: ``before_rope``), ``hunyuan.lm_head_dtype`` and, when an MTP
   layer exists, ``hunyuan.mtp`` (whether the draft part was written, and where).

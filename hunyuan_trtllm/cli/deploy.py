@@ -37,7 +37,7 @@ def _options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--gpus", type=int, default=None, help="Plan flags: GPUs per node [default: 8]."),
         click.option("--nodes", type=int, default=None, help="Plan flags: nodes [default: 1]."),
         click.option("--dtype", type=click.Choice(["bf16", "fp8"]), default=None,
-                     help="Plan flags: weight dtype [default: bf16]."),
+                     help="Plan flags: weight dtype [default: fp8 for an FP8 release, else bf16]."),
         click.option("--kv-cache-dtype", type=click.Choice(["bf16", "fp8"]), default=None,
                      help="Plan flags: KV-cache dtype [default: the weights']."),
         click.option("--max-seq-len", type=int, default=None, help="Plan flags: prompt + output tokens."),
@@ -82,7 +82,7 @@ def _plan(plan_or_model: str | None, flags: dict[str, Any]) -> tuple[dict[str, A
     from hunyuan_trtllm.builder.planner import make_plan
 
     plan = make_plan(plan_or_model, flags["--preset"], flags["--gpu"], flags["--gpus"] or 8, flags["--nodes"] or 1,
-                     flags["--dtype"] or "bf16", flags["--kv-cache-dtype"], flags["--max-seq-len"])
+                     flags["--dtype"], flags["--kv-cache-dtype"], flags["--max-seq-len"])
     return plan, "the plan from the flags"
 
 

@@ -22,8 +22,11 @@ KIB = 1024
 @click.option("--gpu", required=True, type=click.Choice(list(GPUS)), help="GPU model (datasheet figures).")
 @click.option("--gpus", "gpus_per_node", default=8, show_default=True, help="GPUs per node.")
 @click.option("--nodes", default=1, show_default=True, help="Nodes (all GPUs of all nodes serve one model).")
-@click.option("--dtype", type=click.Choice(["bf16", "fp8"]), default="bf16", show_default=True,
-              help="Weight dtype (fp8: the per-tensor FP8 checkpoint `convert --dtype fp8` writes).")
+@click.option("--dtype", type=click.Choice(["bf16", "fp8"]), default=None,
+              help="Weight dtype (fp8: the per-tensor FP8 checkpoint `convert --dtype fp8` writes) "
+                   "[default: fp8 for an FP8 release, else bf16].")
+@click.option("--mtp", type=click.Choice(["drop", "keep"]), default="drop", show_default=True,
+              help="Hy3: count the MTP draft part (`convert --mtp keep`) on the last pipeline stage.")
 @click.option("--kv-cache-dtype", type=click.Choice(["bf16", "fp8"]), default=None,
               help="KV-cache dtype [default: same as --dtype].")
 @click.option("--max-seq-len", type=int, default=None,
@@ -32,8 +35,8 @@ KIB = 1024
               show_default=True, help="Share of the memory left after weights and workspace that goes to the KV "
                                       "cache (TensorRT-LLM's kv_cache_free_gpu_memory_fraction).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for programs instead of tables.")
-def plan(model: str | None, preset: str | None, gpu: str, gpus_per_node: int, nodes: int, dtype: str,
-         kv_cache_dtype: str | None, max_seq_len: int | None, free_fraction: float, as_json: bool) -> None:
+def plan(model: str | None, preset: str | None, gpu: str, gpus_per_node: int, nodes: int, dtype: str | None,
+         mtp: str, kv_cache_dtype: str | None, max_seq_len: int | None, free_fraction: float, as_json: bool) -> None:
     """Plan a deployment before renting GPUs: for every TP/EP/PP layout on the given GPUs, does MODEL fit (and if
     not, which term overflows), how many sequences of --max-seq-len run at once, and the decode ceilings.
 
@@ -47,10 +50,13 @@ def plan(model: str | None, preset: str | None, gpu: str, gpus_per_node: int, no
       hunyuan-trtllm plan --preset hunyuan-a13b --gpu h200 --gpus 1 --dtype fp8 --max-seq-len 32768
       hunyuan-trtllm plan --preset hunyuan-large --gpu h100 --gpus 8 --nodes 2 --json
       hunyuan-trtllm plan ./Hunyuan-A13B-Instruct --gpu h20 --gpus 4 --dtype fp8 --kv-cache-dtype fp8
+      hunyuan-trtllm plan --preset hy3 --gpu h200 --gpus 8 --max-seq-len 32768 --mtp keep
+      hunyuan-trtllm plan --preset hy3-fp8 --gpu h200 --gpus 4
     """
     from hunyuan_trtllm.builder.planner import make_plan
 
-    result = make_plan(model, preset, gpu, gpus_per_node, nodes, dtype, kv_cache_dtype, max_seq_len, free_fraction)
+    result = make_plan(model, preset, gpu, gpus_per_node, nodes, dtype, kv_cache_dtype, max_seq_len, free_fraction,
+                       mtp=mtp == "keep")
     if as_json:
         print_json(result)
         return
@@ -67,7 +73,9 @@ def print_summary(result: dict[str, Any]) -> None:
     nodes = f"{result['nodes']} nodes x " if result["nodes"] > 1 else ""
     print_table(f"plan: {model['name']} on {nodes}{result['gpus_per_node']} x {gpu['name']}", [
         ("model", f"{model['architecture']}, {model['total_params'] / 1e9:.1f}B parameters, "
-                  f"{model['active_params'] / 1e9:.1f}B active per token ({result['source']})"),
+                  f"{model['active_params'] / 1e9:.1f}B active per token ({result['source']})"
+                  + (f"; MTP {model['mtp_params'] / 1e9:.2f}B {'kept' if result['mtp'] else 'left out'}"
+                     if model["num_mtp_layers"] else "")),
         ("KV cache per token (whole model)", f"{kv['bf16'] / KIB:g} KiB bf16 / {kv['fp8'] / KIB:g} KiB fp8 "
                                              f"({model['num_kv_layers']} of {model['num_layers']} layers own KV)"),
         ("GPU", f"{gpu['memory_bytes'] / GB:g} GB, {gpu['hbm_bandwidth_bytes_per_s'] / 1e12:g} TB/s, "

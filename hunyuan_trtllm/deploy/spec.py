@@ -46,6 +46,8 @@ MAX_DEFAULT_BATCH = 256
 PRESET_MODELS: dict[str, dict[str, str]] = {
     "hunyuan-a13b": {"bf16": "tencent/Hunyuan-A13B-Instruct", "fp8": "tencent/Hunyuan-A13B-Instruct-FP8"},
     "hunyuan-7b": {"bf16": "tencent/Hunyuan-7B-Instruct", "fp8": "tencent/Hunyuan-7B-Instruct-FP8"},
+    "hy3": {"bf16": "tencent/Hy3", "fp8": "tencent/Hy3-FP8"},
+    "hy3-fp8": {"bf16": "tencent/Hy3", "fp8": "tencent/Hy3-FP8"},
 }
 
 

@@ -7,7 +7,7 @@ imports the modules that define TensorRT-LLM classes (:mod:`.config`, :mod:`.att
 
 from __future__ import annotations
 
-from hunyuan_trtllm.checkpoints.spec import SUPPORTED_ARCHITECTURES
+from hunyuan_trtllm.checkpoints.spec import ENGINE_ARCHITECTURES
 from hunyuan_trtllm.errors import UserError
 
 TRTLLM_VERSION = "1.2.1"
@@ -36,15 +36,15 @@ def register() -> None:
 
     from hunyuan_trtllm.plugins.model import HunyuanForCausalLM
 
-    for architecture in SUPPORTED_ARCHITECTURES:
+    for architecture in ENGINE_ARCHITECTURES:
         MODEL_MAP[architecture] = HunyuanForCausalLM
 
 
 def model_class(architecture: str) -> type:
     """The registered TensorRT-LLM model class for a Hunyuan architecture name (registers first)."""
-    if architecture not in SUPPORTED_ARCHITECTURES:
+    if architecture not in ENGINE_ARCHITECTURES:
         raise UserError(f"architecture '{architecture}' is not a Hunyuan architecture "
-                        f"({', '.join(SUPPORTED_ARCHITECTURES)})")
+                        f"({', '.join(ENGINE_ARCHITECTURES)})")
     register()
     from tensorrt_llm.models import MODEL_MAP
 

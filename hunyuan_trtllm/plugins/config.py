@@ -28,7 +28,7 @@ from tensorrt_llm.functional import PositionEmbeddingType
 from tensorrt_llm.layers.moe import MoeConfig
 from tensorrt_llm.models.modeling_utils import PretrainedConfig
 
-from hunyuan_trtllm.checkpoints.spec import SUPPORTED_ARCHITECTURES, NormalizationMode
+from hunyuan_trtllm.checkpoints.spec import ENGINE_ARCHITECTURES, NormalizationMode
 from hunyuan_trtllm.errors import ConfigError
 from hunyuan_trtllm.plugins.kv_layout import KvLayout
 
@@ -45,9 +45,9 @@ class HunyuanConfig(PretrainedConfig):
                  tie_word_embeddings: bool = False, attn_bias: bool = False, mlp_bias: bool = False,
                  mapping: Any = None, **kwargs: Any) -> None:
         super().__init__(mapping=_without_auto_parallel(mapping), **kwargs)
-        if self.architecture not in SUPPORTED_ARCHITECTURES:
+        if self.architecture not in ENGINE_ARCHITECTURES:
             raise ConfigError(f"config.json: architecture '{self.architecture}' is not a Hunyuan architecture "
-                              f"({', '.join(SUPPORTED_ARCHITECTURES)})")
+                              f"({', '.join(ENGINE_ARCHITECTURES)})")
         self.rotary_base = float(rotary_base)
         self.rotary_scaling = rotary_scaling
         self.use_cla = bool(use_cla)

@@ -1,7 +1,7 @@
 """verify: logits of a converted checkpoint (reference executor) against an independent reference.
 
-The reference is transformers' own ``hunyuan_v1_moe`` / ``hunyuan_v1_dense`` / ``hy_v3`` classes where they can represent the
-model, else the plain Hugging Face-layout forward pass in :mod:`hunyuan_trtllm.reference.hf_forward` (which is
+The reference is transformers' own ``hunyuan_v1_moe`` / ``hunyuan_v1_dense`` / ``hy_v3`` where they can represent
+the model, else the plain Hugging Face-layout forward pass in :mod:`hunyuan_trtllm.reference.hf_forward` (which is
 itself checked against Tencent's logits in the golden fixtures), e.g. for Hunyuan-Large's CLA. Both run in
 float32 on weights rounded to the checkpoint's dtype, so the comparison measures the conversion (layout, sharding,
 folds), not the rounding the user chose with ``--dtype``.

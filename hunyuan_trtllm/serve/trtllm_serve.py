@@ -78,8 +78,9 @@ def pytorch_plugin_dir(architecture: str = LARGE) -> Path:
     parent, see its docstring)."""
     import hunyuan_trtllm.plugins.pytorch as plugin  # imports no TensorRT-LLM here
 
-    name = "hy3_trtllm" if architecture == HYV3 else "hunyuan_large_trtllm"
-    return Path(plugin.__file__).parent / "custom_module" / name
+    if architecture == HYV3:
+        return Path(plugin.__file__).parent / "custom_module_hy3" / "hy3_trtllm"
+    return Path(plugin.__file__).parent / "custom_module" / "hunyuan_large_trtllm"
 
 
 def attention_dp(spec: ModelSpec, options: ServeOptions) -> bool:

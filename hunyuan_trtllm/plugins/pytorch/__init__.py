@@ -1,6 +1,6 @@
 """Hunyuan-Large (``HunYuanForCausalLM``) and Hy3 (``HYV3ForCausalLM``) on TensorRT-LLM's PyTorch backend.
 
-``trtllm-serve MODEL --custom_module_dirs <custom_module/hunyuan_large_trtllm>`` (Hy3: ``custom_module/hy3_trtllm``;
+``trtllm-serve MODEL --custom_module_dirs <custom_module/hunyuan_large_trtllm>`` (Hy3: ``custom_module_hy3/hy3_trtllm``;
 TensorRT-LLM >= 1.2) puts that
 directory's parent on ``sys.path`` and imports it by name; it calls :func:`register`. An LLM-API script imports
 this package after ``tensorrt_llm``: imported in a process that has loaded TensorRT-LLM, it registers the model.
