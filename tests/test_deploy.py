@@ -17,6 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from hunyuan_trtllm.cli import cli
+from hunyuan_trtllm.serve.trtllm_serve import engine_plugin_dir
 from tests.deploy_schemas import read_env_file, validate_compose, validate_k8s
 
 PLANS = Path(__file__).parent / "fixtures" / "deploy"
@@ -235,6 +236,7 @@ def test_two_node_trtllm_serve_uses_trtllm_llmapi_launch(tmp_path):
     mpirun = run_script(leader["spec"]["containers"][0]["command"], env, record)[-1]
     start = mpirun.index("-n")
     assert mpirun[start:start + 4] == ["-n", "16", "trtllm-llmapi-launch", "trtllm-serve"]
+    assert mpirun[mpirun.index("--custom_module_dirs") + 1] == str(engine_plugin_dir())  # registers Hunyuan
     assert leader["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/health"
 
 

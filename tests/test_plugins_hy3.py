@@ -1,10 +1,8 @@
 """Hy3 in the TensorRT-engine model definition: declares exactly the WeightPlan's tensors (every layout and
 precision, tiny and full-width TP8xEP8), with Hy3's MoE (routing in the graph), dense layer 0, float32 lm_head and
-QK-norm before RoPE. Same machinery as tests/test_plugins_model.py (declaration stand-in tests/fake_trtllm)."""
+QK-norm before RoPE. Same machinery as tests/test_plugins_model.py (the stand-in tests/fake_trtllm)."""
 
 from __future__ import annotations
-
-import importlib
 
 import pytest
 
@@ -12,26 +10,16 @@ from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.spec import parse_spec
 from hunyuan_trtllm.synth.checkpoint import synth_config
 
-from .test_plugins_model import (
-    FAKE_TRTLLM,
-    PRECISIONS,
-    _forget_trt_modules,
-    assert_declares_the_plan,
-    build_rank,
-    checkpoint,
-    tiny_spec,
-)
+from . import standin
+from .test_plugins_model import PRECISIONS, assert_declares_the_plan, build_rank, checkpoint, tiny_spec
 
 
 @pytest.fixture
-def trt(monkeypatch):
-    """``hunyuan_trtllm.plugins`` registered on the declaration stand-in (as in test_plugins_model)."""
-    _forget_trt_modules()
-    monkeypatch.syspath_prepend(str(FAKE_TRTLLM))
-    plugins = importlib.import_module("hunyuan_trtllm.plugins")
-    plugins.register()
-    yield plugins
-    _forget_trt_modules()
+def trt():
+    """``hunyuan_trtllm.plugins`` registered on the TensorRT-LLM stand-in (as in test_plugins_model)."""
+    yield standin.load()
+    standin.forget()
+
 
 HY3_LAYOUTS = [Mapping(), Mapping(tp=2), Mapping(tp=2, moe_ep=2), Mapping(tp=2, pp=2, moe_ep=2)]
 

@@ -15,7 +15,6 @@ import copy
 import importlib
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,11 +29,9 @@ from hunyuan_trtllm.errors import ConfigError, MappingError, UserError
 from hunyuan_trtllm.plugins.kv_layout import KvLayout
 from hunyuan_trtllm.synth.checkpoint import synth_config
 
+from . import standin
 from .conftest import SHARED
 
-FAKE_TRTLLM = Path(__file__).parent / "fake_trtllm"
-TRT_MODULES = ("hunyuan_trtllm.plugins.config", "hunyuan_trtllm.plugins.attention", "hunyuan_trtllm.plugins.hy3",
-               "hunyuan_trtllm.plugins.model")
 REAL_A13B = SHARED / "fixtures" / "hunyuan-files" / "a13b" / "config.json"
 PRECISIONS = ("bf16", "fp8", "fp8-kv")
 
@@ -48,26 +45,11 @@ TINY_LAYOUTS = {  # tiny presets: a13b 8 heads / 2 KV / 8 experts; large the sam
 TINY_CASES = [(arch, m, p) for arch, layouts in TINY_LAYOUTS.items() for m in layouts for p in PRECISIONS]
 
 
-def _forget_trt_modules() -> None:
-    """Drop the stand-in and every plugin module built on it (from sys.modules and the plugins package)."""
-    for name in list(sys.modules):
-        if name == "tensorrt_llm" or name.startswith("tensorrt_llm.") or name in TRT_MODULES:
-            del sys.modules[name]
-    plugins = sys.modules.get("hunyuan_trtllm.plugins")
-    for name in TRT_MODULES:
-        if plugins is not None and hasattr(plugins, name.rsplit(".", 1)[-1]):
-            delattr(plugins, name.rsplit(".", 1)[-1])
-
-
 @pytest.fixture
-def trt(monkeypatch):
+def trt():
     """``hunyuan_trtllm.plugins`` registered on the TensorRT-LLM stand-in; the stand-in is forgotten afterwards."""
-    _forget_trt_modules()
-    monkeypatch.syspath_prepend(str(FAKE_TRTLLM))
-    plugins = importlib.import_module("hunyuan_trtllm.plugins")
-    plugins.register()
-    yield plugins
-    _forget_trt_modules()
+    yield standin.load()
+    standin.forget()
 
 
 def tiny_spec(arch: str) -> ModelSpec:
@@ -186,10 +168,17 @@ def test_kv_cache_slots_and_runtime_layout(trt, arch, mapping):
         json.dumps(engine_config)
         assert engine_config["num_kv_heads_per_layer"] == [spec.num_kv_heads] * spec.num_kv_layers
         assert engine_config["layer_types"].count("attention") == spec.num_kv_layers
-        inputs = model.prepare_attention_inputs(
-            max_batch_size=8, max_beam_width=1, max_input_len=16, max_seq_len=32, num_kv_heads=spec.num_kv_heads,
-            head_size=spec.head_dim, num_layers=spec.num_layers, kv_dtype="bfloat16", kv_cache_type="paged")
-        assert inputs["attn_layer_idx"] == list(range(0, spec.num_layers, spec.cla_share_factor))
+        network = importlib.import_module("tensorrt_llm.network")
+        with network.net_guard(network.Network()):
+            inputs = model.prepare_attention_inputs(
+                max_batch_size=8, max_beam_width=1, max_input_len=16, max_seq_len=32,
+                num_kv_heads=spec.num_kv_heads, head_size=spec.head_dim, num_layers=spec.num_layers,
+                kv_dtype="bfloat16", kv_cache_type="paged", use_gpt_attention_plugin=True,
+                remove_input_padding=True)
+        kv_layers = len([idx for idx in stage if idx % spec.cla_share_factor == 0])  # what the C++ runtime feeds
+        assert inputs["host_kv_cache_pool_mapping"].shape == (kv_layers, 2)
+        assert inputs["host_max_attention_window_sizes"].shape == (kv_layers,)
+        assert len(inputs["past_key_value"]) == kv_layers
 
 
 def test_moe_routing_and_shared_expert_follow_the_spec(trt):
@@ -245,7 +234,7 @@ def test_model_class_refuses_unknown_architectures(trt):
 
 
 def test_register_without_tensorrt_llm_is_one_clear_line(monkeypatch):
-    _forget_trt_modules()
+    standin.forget()
     monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # "import tensorrt_llm" raises ModuleNotFoundError
     plugins = importlib.import_module("hunyuan_trtllm.plugins")
     with pytest.raises(UserError) as error:

@@ -49,6 +49,11 @@ def tritonserver_rank(rank: int) -> list[str]:
                       "--allow-grpc=false", "--allow-metrics=false"]
 
 
+# the registration package's directory in the image, resolved by the leader's shell before mpirun starts the ranks
+ENGINE_PLUGIN_DIR = ("$(python3 -c 'from hunyuan_trtllm.serve.trtllm_serve import engine_plugin_dir; "
+                     "print(engine_plugin_dir())')")
+
+
 def _words(command: list[str]) -> str:
     """Shell words; ``$ENGINE``/``$REPO`` are expanded (inside double quotes), everything else is quoted."""
     return " ".join(f'"{w}"' if "$" in w else shlex.quote(w) for w in command)
@@ -62,7 +67,8 @@ def rank_programs(spec: DeploySpec) -> str:
             return server
         return f"{server} : -n {spec.world_size - 1} {_words(tritonserver_rank(1))}"
     serve = ["trtllm-llmapi-launch", "trtllm-serve", "$ENGINE", "--backend", "tensorrt", "--tokenizer",
-             "$ENGINE/tokenizer", "--host", "0.0.0.0", "--port", str(HTTP_PORT)]
+             "$ENGINE/tokenizer", "--host", "0.0.0.0", "--port", str(HTTP_PORT),
+             "--custom_module_dirs", ENGINE_PLUGIN_DIR]  # registers the Hunyuan architectures (trtllm_serve.py)
     return f"-n {spec.world_size} {_words(serve)}"
 
 

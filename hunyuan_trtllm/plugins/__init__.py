@@ -40,6 +40,20 @@ def register() -> None:
         MODEL_MAP[architecture] = HunyuanForCausalLM
 
 
+WORKER_HANDOVER_KEY = "_HunyuanTensorRTEngineRegistration"  # a MODEL_CLASS_MAPPING key no architecture uses
+
+
+def register_for_serving() -> None:
+    """:func:`register`, and the same registration in TensorRT-LLM's MPI workers (see :mod:`.worker_registration`:
+    the workers unpickle ``MODEL_CLASS_MAPPING``, which then names a class whose module registers)."""
+    register()
+    from tensorrt_llm._torch.models.modeling_auto import MODEL_CLASS_MAPPING
+
+    from hunyuan_trtllm.plugins.worker_registration import HunyuanEngineRegistration
+
+    MODEL_CLASS_MAPPING[WORKER_HANDOVER_KEY] = HunyuanEngineRegistration
+
+
 def model_class(architecture: str) -> type:
     """The registered TensorRT-LLM model class for a Hunyuan architecture name (registers first)."""
     if architecture not in ENGINE_ARCHITECTURES:

@@ -34,11 +34,13 @@ Not supported (refused at build time with one line): LoRA, speculative decoding,
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from tensorrt_llm._utils import pad_vocab_size
-from tensorrt_llm.functional import Tensor, cast, constant, cos, recv, send, sin, unsqueeze
+from tensorrt_llm.functional import PositionEmbeddingType, Tensor, cast, constant, cos, recv, send, sin, unsqueeze
 from tensorrt_llm.layers.embedding import Embedding
 from tensorrt_llm.layers.linear import ColumnLinear
 from tensorrt_llm.layers.mlp import GatedMLP
@@ -113,10 +115,13 @@ class HunyuanDecoderLayerList(ModuleList):
 
     def forward(self, hidden_states: Tensor, rope: RopeCosSin, use_cache: bool, kv_cache_params: Any,
                 attention_params: Any) -> tuple[Tensor, list[Any]]:
-        past = kv_cache_params.past_key_value or [None] * len(self.layer_list)
+        # past_key_value's length is TensorRT-LLM's num_attn_layers_prev_rank (on later stages the mean attention-layer
+        # count of the earlier ones, fewer than this stage's layers with CLA): never zip the layers with it
+        past = list(kv_cache_params.past_key_value or [])
         presents: list[Any] = []
         produced: dict[int, SharedKv] = {}
-        for layer, past_key_value in zip(self, past, strict=False):  # past: one entry per local layer, or more
+        for index, layer in enumerate(self):
+            past_key_value = past[index] if index < len(past) else None  # all None with the paged KV cache
             source = self.kv_layout.source_layer[layer.layer_idx]
             hidden_states, present, kv = layer(hidden_states, rope, produced.get(source), past_key_value,
                                                use_cache, kv_cache_params, attention_params)
@@ -178,15 +183,30 @@ class HunyuanForCausalLM(DecoderModelForCausalLM):
                 config.hidden_size, pad_vocab_size(config.vocab_size, config.mapping.tp_size), bias=False,
                 dtype="float32" if fp32_head else config.dtype, tp_group=config.mapping.tp_group,
                 tp_size=config.mapping.tp_size, gather_output=True)  # [V_pad / tp, H]
-        super().__init__(config, transformer, lm_head)
+        with rope_tables_off(config):  # RoPE runs in the graph from rotary_base; the plugin's tables are never read
+            super().__init__(config, transformer, lm_head)
 
-    def prepare_attention_inputs(self, *, attn_layer_idx: list[int] | None = None,
+    def prepare_attention_inputs(self, *, num_layers: int, mapping: Any = None, attn_layer_idx: list[int] | None = None,
                                  num_kv_heads_per_layer: list[int] | None = None, **kwargs: Any) -> dict[str, Any]:
-        """KV-cache inputs for the layers that own a KV cache only (CLA consumers read their producer's)."""
+        """KV-cache inputs for this stage's layers that own a KV cache (CLA consumers read their producer's).
+
+        TensorRT-LLM 1.2 declares ``host_kv_cache_pool_mapping`` [n, 2] and ``host_max_attention_window_sizes`` [n]
+        with n = ``num_attn_layers_prev_rank``: the stage's *layer* count on the first stage, the attention layers of
+        the earlier stages divided by the stage index elsewhere (generation_mixin.py). The C++ runtime feeds one row
+        per attention layer of the stage (kvCacheManager.cpp ``[numLayers, 2]``, numLayers =
+        ``countLocalLayers(kATTENTION)``) and ``TllmRuntime`` throws when the shapes differ. They differ with CLA
+        (Large: 4 layers, 2 KV-cache layers) and with uneven pipeline splits (3 layers on 2 stages). So the stage's
+        inputs are declared for an equivalent model of KV-cache layers only, L per stage for this stage's L: n = L on
+        every stage, the plugin's ``layer_idx`` (:meth:`KvLayout.cache_slot`) indexing the same rows.
+        """
+        mapping = self.config.mapping if mapping is None else mapping
         if attn_layer_idx is None:
-            attn_layer_idx = self.config.kv_layout.producers
-            num_kv_heads_per_layer = [self.config.num_key_value_heads] * len(attn_layer_idx)
-        return super().prepare_attention_inputs(attn_layer_idx=attn_layer_idx,
+            layout = self.config.kv_layout
+            local = [layer for layer in mapping.pp_layers(num_layers) if layout.is_producer(layer)]
+            num_layers = len(local) * mapping.pp_size
+            attn_layer_idx = list(range(num_layers))
+            num_kv_heads_per_layer = [self.config.num_key_value_heads] * num_layers
+        return super().prepare_attention_inputs(num_layers=num_layers, mapping=mapping, attn_layer_idx=attn_layer_idx,
                                                 num_kv_heads_per_layer=num_kv_heads_per_layer, **kwargs)
 
     def prepare_inputs(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -195,6 +215,21 @@ class HunyuanForCausalLM(DecoderModelForCausalLM):
         if inputs.get("position_ids") is None and inputs.get("hidden_states") is not None:
             inputs["position_ids"] = stage_position_ids(inputs["hidden_states"])
         return inputs
+
+
+@contextmanager
+def rope_tables_off(config: HunyuanConfig) -> Iterator[None]:
+    """``DecoderModelForCausalLM.__init__`` calls ``Attention.create_attention_const_params(model, config)``, which
+    builds float32 RoPE tables of ``max_position_embeddings`` rows for a RoPE ``position_embedding_type`` (two of
+    [positions, head_dim], 128 MiB each per rank at 262144 positions), and keeps the type for
+    ``fill_attention_params``. Our plugin calls use no rotary: construct with ``learned_absolute`` (no tables, nothing
+    filled in) and restore the config, whose engine config.json keeps ``rope_gpt_neox``."""
+    kept = config.position_embedding_type
+    config.position_embedding_type = PositionEmbeddingType.learned_absolute
+    try:
+        yield
+    finally:
+        config.position_embedding_type = kept
 
 
 def rotary_inv_freq(base: float, head_dim: int) -> np.ndarray:

@@ -116,7 +116,8 @@ def read_engine_facts(engine_dir: Path) -> EngineFacts:
         paged_context_fmha=bool((build.get("plugin_config") or {}).get("use_paged_context_fmha", False)),
     )
     if not facts.logits_dtype:
-        raise ConfigError(f"{where}: unsupported logits_dtype {pretrained.get('logits_dtype')!r}")
+        raise ConfigError(f"{where}: unsupported logits_dtype {pretrained.get('logits_dtype')!r} (TensorRT-LLM's "
+                          "C++ runtime returns float32 or float16 logits)")
     if mapping.get("world_size", facts.world_size) != facts.world_size:
         raise ConfigError(f"{where}: mapping.world_size {mapping['world_size']} != tp_size x pp_size")
     if facts.max_input_len > facts.max_seq_len:

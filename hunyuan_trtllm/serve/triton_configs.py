@@ -57,7 +57,8 @@ CLIENT_TO_LLM: dict[str, str] = {
 }
 # tensorrt_llm outputs handed through to the client unchanged by ensemble and BLS.
 PASSTHROUGH_OUTPUTS: tuple[str, ...] = tuple(name for name, _, _ in _LLM_EXTRA_OUTPUTS)
-LOGITS_DTYPES = {"float32": "FP32", "float16": "FP16", "bfloat16": "BF16"}
+# The C++ runtime (executor) hands out logits as float32 or float16 only; a bfloat16 engine output is refused there.
+LOGITS_DTYPES = {"float32": "FP32", "float16": "FP16"}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
 """trtllm-serve for Hunyuan: the ``--extra_llm_api_options`` YAML and the command line, for both back ends.
 
 - An **engine directory** (``config.json`` with ``build_config`` + ``rank{N}.engine``, TensorRT-LLM 1.2.1) runs on
-  the TensorRT backend; parallelism is fixed by the engines, the YAML only configures the KV cache.
+  the TensorRT backend; parallelism and the KV-cache dtype are fixed by the engines (TensorRT-LLM's ``TrtLlmArgs``
+  requires ``kv_cache_config.dtype`` auto), the YAML only sizes the KV cache. trtllm-serve resolves the engine's
+  architecture through ``MODEL_MAP`` in its own process and in its rank-0 MPI worker, so the command imports our
+  registration package with ``--custom_module_dirs`` (:func:`hunyuan_trtllm.plugins.register_for_serving`).
 - A **Hugging Face checkpoint** (BF16, or FP8 from ``hunyuan-trtllm quantize``) runs on the PyTorch backend,
   which implements ``HunYuanMoEV1ForCausalLM`` and ``HunYuanDenseV1ForCausalLM`` natively; tp/ep/pp are flags.
   Hunyuan-Large (``HunYuanForCausalLM``) runs there through our model, which trtllm-serve imports with
@@ -83,6 +86,13 @@ def pytorch_plugin_dir(architecture: str = LARGE) -> Path:
     return Path(plugin.__file__).parent / "custom_module" / "hunyuan_large_trtllm"
 
 
+def engine_plugin_dir() -> Path:
+    """The directory ``--custom_module_dirs`` imports for TensorRT engines (registers the Hunyuan classes)."""
+    import hunyuan_trtllm.plugins as plugins  # imports no TensorRT-LLM here
+
+    return Path(plugins.__file__).parent / "engine_module" / "hunyuan_engine_trtllm"
+
+
 def attention_dp(spec: ModelSpec, options: ServeOptions) -> bool:
     if options.attention_dp != "auto":
         return options.attention_dp == "on"
@@ -97,8 +107,10 @@ def llm_api_options(target: ServeTarget, options: ServeOptions) -> dict[str, Any
         "free_gpu_memory_fraction": options.kv_cache_free_gpu_memory_fraction,
         "enable_block_reuse": options.enable_block_reuse,
     }
-    if options.kv_cache_dtype == "fp8":
+    if options.kv_cache_dtype == "fp8" and target.backend == "pytorch":
         kv_cache["dtype"] = "fp8"
+    if options.kv_cache_dtype == "fp8" and target.backend == "tensorrt":
+        check_engine_kv_fp8(target)
     extra: dict[str, Any] = {"kv_cache_config": kv_cache}
     if target.backend == "pytorch":
         assert target.spec is not None
@@ -112,6 +124,16 @@ def llm_api_options(target: ServeTarget, options: ServeOptions) -> dict[str, Any
     return extra
 
 
+def check_engine_kv_fp8(target: ServeTarget) -> None:
+    """An FP8 KV cache on the TensorRT backend is the engine's own (built in); refuse asking for one it lacks."""
+    assert target.engine_config is not None
+    quantization = (target.engine_config.get("pretrained_config") or {}).get("quantization") or {}
+    if quantization.get("kv_cache_quant_algo") != "FP8":
+        raise UserError(f"{target.path}: these engines were built without an FP8 KV cache; an engine's KV-cache dtype "
+                        "is fixed at build time (convert with --kv-cache-dtype fp8 and build again, or serve with "
+                        "--kv-cache-dtype auto)")
+
+
 def trtllm_serve_command(target: ServeTarget, options: ServeOptions, extra_options_file: Path) -> list[str]:
     """The trtllm-serve command line for this target."""
     command = ["trtllm-serve", str(target.path), "--backend", target.backend,
@@ -119,8 +141,9 @@ def trtllm_serve_command(target: ServeTarget, options: ServeOptions, extra_optio
                "--extra_llm_api_options", str(extra_options_file)]
     if target.backend == "tensorrt":
         tokenizer = target.path / "tokenizer"
-        command += ["--tokenizer", str(tokenizer if tokenizer.is_dir() else target.path)]
-        return command
+        command += ["--tokenizer", str(tokenizer if tokenizer.is_dir() else target.path),
+                    "--custom_module_dirs", str(engine_plugin_dir())]
+        return command + (["--trust_remote_code"] if options.trust_remote_code else [])
     assert target.spec is not None
     if target.spec.architecture not in NATIVE_PYTORCH_ARCHITECTURES:  # Hunyuan-Large: our model, imported first
         command += ["--custom_module_dirs", str(pytorch_plugin_dir(target.spec.architecture))]

@@ -108,8 +108,9 @@ class HunYuanLargeAttention(HunYuanAttention):
         k, v = self.shared_kv.get()
         if self.releases_shared_kv:
             self.shared_kv.release()
-        if position_ids is not None:
-            q, _ = self.rotary_emb(position_ids, [q, torch.zeros_like(k)])  # the (q, k) pair every version takes
+        rotary = getattr(self, "rotary_emb", None)  # absent when RoPE is fused into the attention op (no QK-norm)
+        if position_ids is not None and rotary is not None:  # else the backend rotates Q and the unrotated K itself
+            q, _ = rotary(position_ids, [q, torch.zeros_like(k)])  # the (q, k) pair every version takes
         if self.use_qk_norm:
             q = self.query_layernorm(q.reshape(-1, self.head_dim)).reshape(-1, self.q_size)
         return q, k, v

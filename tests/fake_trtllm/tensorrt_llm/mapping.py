@@ -5,7 +5,7 @@
   is given, ``moe_tp_size = tp_size`` and ``moe_ep_size = 1``; ``moe_ep_rank = tp_rank % moe_ep_size``,
   ``moe_tp_rank = tp_rank // (moe_ep_size * moe_cluster_size)``;
 - ``pp_layers(n)``: ``torch.tensor_split`` of ``range(n)`` (the first ``n % pp`` stages get one extra layer);
-- ``tp_group``: the global ranks of this rank's TP group.
+- ``tp_group``: the global ranks of this rank's TP group; ``prev_pp_rank``/``next_pp_rank``: rank -/+ tp * cp.
 The constructor takes the 1.2-era keywords (``cp_config``, ``pp_partition``, ``enable_attention_dp``, ...; no
 ``auto_parallel``, which the newest ``Mapping`` read no longer has); only the sizes and ranks above are modelled.
 """
@@ -60,6 +60,12 @@ class Mapping:
 
     def has_moe_tp(self) -> bool:
         return self.moe_tp_size > 1
+
+    def prev_pp_rank(self) -> int:
+        return self.rank - self.tp_size * self.cp_size
+
+    def next_pp_rank(self) -> int:
+        return self.rank + self.tp_size * self.cp_size
 
     def is_first_pp_rank(self) -> bool:
         return self.pp_rank == 0

@@ -1,1 +1,1 @@
-"""tensorrt_llm/layers: the layers the Hunyuan model definition builds (parameter declarations only)."""
+"""tensorrt_llm/layers: the layers the Hunyuan model definition builds (declarations and forward)."""

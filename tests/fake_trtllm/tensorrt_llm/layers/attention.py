@@ -1,4 +1,5 @@
-"""tensorrt_llm/layers/attention.py: ``Attention.__init__`` (keyword-only; the parameter names below are 1.2's).
+"""tensorrt_llm/layers/attention.py: ``Attention.__init__`` (keyword-only; the parameter names below are 1.2's),
+``AttentionParams``, ``KeyValueCacheParams`` and the model-level RoPE constants.
 
 - ``attention_head_size`` defaults to ``hidden_size // num_attention_heads``; ``num_attention_heads`` must divide
   by ``tp_size``; per rank: ``num_attention_heads = heads / tp``, ``num_attention_kv_heads = ceil(kv / tp)``
@@ -7,9 +8,13 @@
   only when ``enable_qkv``; ``dense = RowLinear(tp * heads_local * head_size, hidden)``;
 - ``kv_cache_scaling_factor``, ``attention_output_orig_quant_scale``, ``attention_output_sf_scale`` are registered
   as ``None`` (the FP8 KV-cache and FP8-context-FMHA passes set them);
-- ``create_attention_const_params(model, config)``: for RoPE position types, registers the rotary buffers
-  ``embed_positions``, ``rotary_inv_freq`` and ``embed_positions_for_gpt_attention`` on the model (with values:
-  they are not read from the checkpoint).
+- ``create_attention_const_params(model, config)`` (called by ``DecoderModelForCausalLM.__init__`` with the model's
+  config): for RoPE position types it registers the float32 buffers ``embed_positions`` [max_pos, rot_dim],
+  ``rotary_inv_freq`` [rot_dim / 2] and ``embed_positions_for_gpt_attention`` [max_pos, rot_dim] on the model
+  (values built on the host: their bytes are counted here, not allocated);
+- ``fill_attention_params(model, attention_params)`` (``DecoderModelForCausalLM.forward``): for a RoPE
+  ``model.position_embedding_type`` it hands those buffers' values to the ``AttentionParams``.
+The stand-in's ``Attention`` has no ``forward`` of its own: the Hunyuan attention replaces it.
 """
 
 import math
@@ -19,6 +24,41 @@ from tensorrt_llm.layers.linear import ColumnLinear, RowLinear
 from tensorrt_llm.module import Module
 from tensorrt_llm.parameter import Parameter
 from tensorrt_llm.quantization import NO_QUANT
+
+
+class AttentionParams:
+    def __init__(self, sequence_length=None, context_lengths=None, host_context_lengths=None,
+                 max_context_length=None, host_request_types=None, encoder_input_lengths=None,
+                 encoder_max_input_length=None, host_runtime_perf_knobs=None, host_context_progress=None):
+        self.sequence_length, self.context_lengths = sequence_length, context_lengths
+        self.host_context_lengths, self.max_context_length = host_context_lengths, max_context_length
+        self.host_request_types, self.host_runtime_perf_knobs = host_request_types, host_runtime_perf_knobs
+        self.host_context_progress = host_context_progress
+        self.embed_positions = self.rotary_inv_freq = self.embed_positions_for_gpt_attention = None
+
+    def fill_attention_const_params_for_rope(self, embed_positions=None, rotary_inv_freq=None,
+                                             embed_positions_for_gpt_attention=None, embed_positions_local=None,
+                                             rotary_inv_freq_local=None,
+                                             embed_positions_for_gpt_attention_local=None):
+        self.embed_positions, self.rotary_inv_freq = embed_positions, rotary_inv_freq
+        self.embed_positions_for_gpt_attention = embed_positions_for_gpt_attention
+        return self
+
+
+class KeyValueCacheParams:
+    def __init__(self, past_key_value=None, host_past_key_value_lengths=None, host_max_attention_window_sizes=None,
+                 host_sink_token_length=None, kv_cache_block_offsets=None, host_kv_cache_block_offsets=None,
+                 host_kv_cache_pool_pointers=None, host_kv_cache_pool_mapping=None, cache_indirection=None,
+                 past_key_value_length=None, cross_kv_cache_block_offsets=None,
+                 host_cross_kv_cache_block_offsets=None, host_cross_kv_cache_pool_pointers=None,
+                 host_cross_kv_cache_pool_mapping=None):
+        self.past_key_value, self.host_past_key_value_lengths = past_key_value, host_past_key_value_lengths
+        self.host_max_attention_window_sizes = host_max_attention_window_sizes
+        self.host_sink_token_length, self.cache_indirection = host_sink_token_length, cache_indirection
+        self.kv_cache_block_offsets, self.host_kv_cache_block_offsets = kv_cache_block_offsets, \
+            host_kv_cache_block_offsets
+        self.host_kv_cache_pool_pointers = host_kv_cache_pool_pointers
+        self.host_kv_cache_pool_mapping = host_kv_cache_pool_mapping
 
 
 class Attention(Module):
@@ -64,14 +104,24 @@ class Attention(Module):
         if not config.position_embedding_type.is_rope():
             return
         dim = int(getattr(config, "rotary_dim", config.head_size))
-        for name, shape in (("embed_positions", (1, config.max_position_embeddings, dim)),
+        for name, shape in (("embed_positions", (config.max_position_embeddings, dim)),
                             ("rotary_inv_freq", (dim // 2,)),
-                            ("embed_positions_for_gpt_attention", (1, config.max_position_embeddings * dim))):
-            model.register_parameter(name, Parameter(value=_Constant(shape), dtype="float32", is_buffer=True))
+                            ("embed_positions_for_gpt_attention", (config.max_position_embeddings, dim))):
+            model.register_parameter(name, Parameter(value=HostTable(shape), dtype="float32", is_buffer=True))
+
+    @staticmethod
+    def fill_attention_params(model, attention_params):
+        if model.position_embedding_type.is_rope():
+            attention_params = attention_params or AttentionParams()
+            return attention_params.fill_attention_const_params_for_rope(
+                model.embed_positions.value, model.rotary_inv_freq.value,
+                model.embed_positions_for_gpt_attention.value)
+        return attention_params
 
 
-class _Constant:
-    """A buffer's value (its shape only: the stand-in never builds the table)."""
+class HostTable:
+    """A float32 table built on the host at model construction (its shape and size only)."""
 
     def __init__(self, shape) -> None:
-        self.shape = shape
+        self.shape = tuple(shape)
+        self.nbytes = 4 * math.prod(self.shape)

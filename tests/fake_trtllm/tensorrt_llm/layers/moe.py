@@ -12,11 +12,20 @@
 - ``SharedMoE(MOE)``: the routed MoE with ``use_all_reduce=False``, ``shared_expert = MLP(hidden,
   moe_config.shared_expert_intermediate_size, hidden_act, bias=False, is_expert=True)`` and, only with
   ``use_shared_gate``, ``shared_expert_gate = RowLinear(hidden, 1, tp_size=1)``.
+
+``forward`` (MixtureOfExperts): ``router(cast(x, float32))`` -> the MoE plugin (routing and experts, see
+``_kernels/moe.py``; FP8 inputs quantized with ``fc.activation_scaling_factor``) -> one all-reduce over the TP
+group when ``use_all_reduce`` and tp > 1. SharedMoE: ``routed + shared_expert(x)`` (times
+``sigmoid(shared_expert_gate(x))`` with the gate), then the one all-reduce. ``forward_routed`` is the stand-in's
+entry for a routing computed elsewhere (weights and chosen experts per token, the plugin's static-routing
+inputs), for models whose router the plugin's normalization modes do not cover.
 """
 
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 
+from tensorrt_llm._kernels.moe import route, run_experts
+from tensorrt_llm.functional import allreduce, cast, sigmoid, wrap
 from tensorrt_llm.layers.linear import RowLinear
 from tensorrt_llm.layers.mlp import MLP
 from tensorrt_llm.mapping import SINGLE_GPU
@@ -71,6 +80,13 @@ class MOEWeightWrapper(Module):
         if quant_mode.has_fp8_qdq():
             self.activation_scaling_factor = Parameter(shape=(1,), dtype="float32")
             self.weights_scaling_factor = Parameter(shape=(experts_per_node, 1), dtype="float32")
+        self.fp8 = quant_mode.has_fp8_qdq()
+
+    def plugin_args(self):
+        """(weight, per-expert weight scales or None, activation scale or None) as torch tensors."""
+        if not self.fp8:
+            return self.weight.raw_value, None, None
+        return self.weight.raw_value, self.weights_scaling_factor.raw_value, self.activation_scaling_factor.raw_value
 
 
 class MixtureOfExperts(Module):
@@ -87,6 +103,9 @@ class MixtureOfExperts(Module):
         if quant_mode.has_fp8_qdq() and bias:
             raise ValueError("MixtureOfExperts - Bias is not supported with FP8")
         self.moe_config = moe_config
+        self.hidden_act, self.dtype, self.quant_mode = hidden_act, dtype, quant_mode
+        self.tp_group, self.tp_size, self.use_all_reduce = tp_group, tp_size, use_all_reduce
+        self.first_expert = mapping.moe_ep_rank * (moe_config.num_experts // mapping.moe_ep_size)
         experts_per_node = moe_config.num_experts // mapping.moe_ep_size
         inter = ffn_hidden_size // mapping.moe_tp_size
         weight_dtype = "fp8" if quant_mode.has_fp8_qdq() else dtype
@@ -95,6 +114,33 @@ class MixtureOfExperts(Module):
         fc_out = 2 * inter if hidden_act in GATED_ACTIVATIONS else inter
         self.fc = MOEWeightWrapper(hidden_size, fc_out, experts_per_node, quant_mode, dtype, weight_dtype, bias)
         self.proj = MOEWeightWrapper(inter, hidden_size, experts_per_node, quant_mode, dtype, weight_dtype, bias)
+
+    def forward(self, hidden_states, finished=None, lora_layer_params=None, all_reduce_params=None):
+        logits = self.router(cast(hidden_states, "float32")).value
+        weights, experts = route(logits, self.moe_config.top_k, self.moe_config.normalization_mode)
+        return self._reduce(self._routed(hidden_states, weights, experts))
+
+    def forward_routed(self, hidden_states, weights, experts):
+        """The routed experts for a given routing: ``weights`` [T, k] float32 and ``experts`` [T, k] (global ids)."""
+        return self._reduce(self._routed(hidden_states, weights, experts))
+
+    def forward_experts(self, hidden_states, token_selected_experts, token_final_scales, lora_layer_params,
+                        side_stream_id):
+        """1.2.x's entry into the MoE plugin for a routing computed in the graph (no all-reduce here)."""
+        if lora_layer_params is not None or int(side_stream_id) != 0:
+            raise NotImplementedError("stand-in MoE plugin: LoRA and side streams are not modelled")
+        return self._routed(hidden_states, token_final_scales.value.float(), token_selected_experts.value)
+
+    def _routed(self, hidden_states, weights, experts):
+        if self.fc.bias is not None:
+            raise NotImplementedError("stand-in MoE plugin: expert biases are not modelled")
+        return wrap(run_experts(hidden_states.value, weights, experts, self.fc.plugin_args(),
+                                self.proj.plugin_args(), self.first_expert, self.hidden_act))
+
+    def _reduce(self, output):
+        if self.use_all_reduce and self.tp_size > 1 and self.tp_group is not None:
+            return allreduce(output, self.tp_group)
+        return output
 
 
 MOE = MixtureOfExperts
@@ -113,3 +159,19 @@ class SharedMoE(MOE):
                                  is_expert=True)
         if use_shared_gate:
             self.shared_expert_gate = RowLinear(hidden_size, 1, bias=False, dtype=dtype, tp_group=None, tp_size=1)
+
+    def forward(self, hidden_states, finished=None, lora_layer_params=None, all_reduce_params=None):
+        return self._add_shared(hidden_states, super().forward(hidden_states))
+
+    def forward_routed(self, hidden_states, weights, experts):
+        return self._add_shared(hidden_states, super().forward_routed(hidden_states, weights, experts))
+
+    def _add_shared(self, hidden_states, output):
+        shared = self.shared_expert(hidden_states)
+        gate = self._modules.get("shared_expert_gate")
+        if gate is not None:
+            shared = sigmoid(gate(hidden_states)) * shared
+        output = output + shared
+        if self.tp_size > 1 and self.tp_group is not None:
+            output = allreduce(output, self.tp_group)
+        return output

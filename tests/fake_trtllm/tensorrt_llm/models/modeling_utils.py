@@ -16,18 +16,30 @@
   parameter.
 - ``preprocess_weights`` (before ``load``): for each ``*.kv_cache_scaling_factor`` adds
   ``*.kv_cache_rcp_scaling_factor = 1 / scale`` when missing.
-- ``DecoderModelForCausalLM(config, transformer, lm_head)`` stores both and calls
-  ``Attention.create_attention_const_params(self, config)``.
-- ``GenerationMixin.prepare_attention_inputs(*, ..., attn_layer_idx=None, num_kv_heads_per_layer=None)``:
-  recorded here (the real one declares the KV-cache network inputs for the listed attention layers).
+- ``PretrainedModel.from_checkpoint(ckpt_dir, rank=None, config=None)``: config.json through ``from_json_file`` (so
+  through ``MODEL_MAP``), ``set_rank``, ``rank{r}.safetensors``, ``preprocess_weights``, ``cls(config)``, ``load``.
+- ``prepare_inputs(max_batch_size, max_input_len, max_seq_len, max_num_tokens, use_cache, ...)`` reads the plugin
+  config of ``default_net()`` and returns the forward's keyword arguments (``KeyValueCacheParams``,
+  ``AttentionParams``; ``hidden_states`` on later pipeline stages), see generation_mixin.py.
+- ``DecoderModelForCausalLM(config, transformer, lm_head)`` stores both, calls
+  ``Attention.create_attention_const_params(self, config)`` and keeps ``config.position_embedding_type``;
+  ``forward``: ``fill_attention_params``, the transformer, then on the last stage
+  ``gather_last_token_logits`` -> ``lm_head`` -> output ``logits`` (``config.logits_dtype``), elsewhere output
+  ``hidden_states_output`` (``config.dtype``).
 """
 
 import copy
+import json
+import os
 from dataclasses import asdict, dataclass
 
-from tensorrt_llm.functional import PositionEmbeddingType
-from tensorrt_llm.layers.attention import Attention
-from tensorrt_llm.mapping import SINGLE_GPU, Mapping
+import safetensors.torch
+
+from tensorrt_llm._utils import str_dtype_to_trt
+from tensorrt_llm.functional import PositionEmbeddingType, gather_last_token_logits
+from tensorrt_llm.layers.attention import Attention, AttentionParams, KeyValueCacheParams
+from tensorrt_llm.mapping import Mapping
+from tensorrt_llm.models.generation_mixin import GenerationMixin
 from tensorrt_llm.module import Module
 from tensorrt_llm.quantization import QuantMode
 from tensorrt_llm.quantization.quantize import quantize
@@ -82,6 +94,15 @@ class PretrainedConfig:
     def quant_mode(self) -> QuantMode:
         return self.quantization.quant_mode
 
+    @property
+    def kv_dtype(self) -> str:
+        return "fp8" if self.quant_mode.has_fp8_kv_cache() else self.dtype
+
+    @classmethod
+    def from_json_file(cls, config_file) -> "PretrainedConfig":
+        with open(config_file) as f:
+            return cls.from_dict(json.load(f))
+
     @classmethod
     def from_dict(cls, config: dict) -> "PretrainedConfig":
         from tensorrt_llm.models import MODEL_MAP
@@ -106,16 +127,6 @@ class PostInitCaller(type):
         return obj
 
 
-class GenerationMixin:
-    def prepare_attention_inputs(self, *, max_batch_size, max_beam_width, max_input_len, max_seq_len, num_kv_heads,
-                                 head_size, num_layers, kv_dtype, kv_cache_type, num_profiles=1,
-                                 enable_ctx_gen_opt_profiles=False, remove_input_padding=False,
-                                 use_gpt_attention_plugin=False, tokens_per_block=32, mapping=SINGLE_GPU,
-                                 streamingllm=False, attn_layer_idx=None, opt_batch_size=None,
-                                 num_kv_heads_per_layer=None):
-        return {"attn_layer_idx": attn_layer_idx, "num_kv_heads_per_layer": num_kv_heads_per_layer}
-
-
 class PretrainedModel(Module, GenerationMixin, metaclass=PostInitCaller):
     def __init__(self, config) -> None:
         super().__init__()
@@ -124,6 +135,67 @@ class PretrainedModel(Module, GenerationMixin, metaclass=PostInitCaller):
     def __post_init__(self) -> None:
         quantize(self, self.config.quantization)
 
+    @classmethod
+    def from_checkpoint(cls, ckpt_dir, rank=None, config=None, *, preprocess_weights_hook=None):
+        if config is None:
+            config = PretrainedConfig.from_json_file(os.path.join(ckpt_dir, "config.json"))
+        if rank is not None:
+            config.set_rank(rank)
+        weights_path = os.path.join(ckpt_dir, f"rank{config.mapping.rank}.safetensors")
+        assert os.path.isfile(weights_path)
+        weights = safetensors.torch.load_file(weights_path)
+        if preprocess_weights_hook is not None:
+            weights = preprocess_weights_hook(weights)
+        weights = preprocess_weights(weights, config)
+        model = cls(config)
+        model.load(weights)
+        return model
+
+    def prepare_inputs(self, max_batch_size, max_input_len, max_seq_len, max_num_tokens, use_cache,
+                       max_beam_width=1, opt_num_tokens=None, prompt_embedding_table_size=0,
+                       position_encoding_2d=False, max_draft_len=0, gather_context_logits=False,
+                       lora_target_modules=None, opt_batch_size=0, num_hidden_layers=None):
+        from tensorrt_llm.network import default_net
+
+        plugins = default_net().plugin_config
+        if not use_cache or prompt_embedding_table_size or position_encoding_2d or max_draft_len:
+            raise NotImplementedError("stand-in: KV cache on, no p-tuning, no 2-D positions, no draft tokens")
+        inputs = self.prepare_basic_inputs(
+            max_batch_size=max_batch_size, max_beam_width=max_beam_width, max_input_len=max_input_len,
+            max_seq_len=max_seq_len, hidden_size=self.config.hidden_size,
+            num_kv_heads=self.config.num_key_value_heads, head_size=self.config.head_size,
+            num_layers=num_hidden_layers or self.config.num_hidden_layers,
+            kv_dtype=str_dtype_to_trt(self.config.kv_dtype), remove_input_padding=plugins.remove_input_padding,
+            use_gpt_attention_plugin=bool(plugins.gpt_attention_plugin), use_gemm_plugin=bool(plugins.gemm_plugin),
+            kv_cache_type="paged" if plugins.paged_kv_cache else "continuous",
+            tokens_per_block=plugins.tokens_per_block, num_heads=self.config.num_attention_heads,
+            max_num_tokens=max_num_tokens, opt_num_tokens=opt_num_tokens,
+            dtype=str_dtype_to_trt(self.config.dtype), mapping=self.config.mapping,
+            gather_context_logits=gather_context_logits)
+        result = {
+            "input_ids": inputs["input_ids"], "position_ids": inputs["position_ids"], "use_cache": True,
+            "last_token_ids": inputs["last_token_ids"], "attention_mask": inputs["attention_mask"],
+            "kv_cache_params": KeyValueCacheParams(
+                past_key_value=inputs["past_key_value"],
+                host_past_key_value_lengths=inputs["host_past_key_value_lengths"],
+                host_max_attention_window_sizes=inputs["host_max_attention_window_sizes"],
+                host_sink_token_length=inputs["host_sink_token_length"],
+                kv_cache_block_offsets=inputs["kv_cache_block_offsets"],
+                host_kv_cache_block_offsets=inputs["host_kv_cache_block_offsets"],
+                host_kv_cache_pool_pointers=inputs["host_kv_cache_pool_pointers"],
+                host_kv_cache_pool_mapping=inputs["host_kv_cache_pool_mapping"],
+                cache_indirection=inputs["cache_indirection"]),
+            "attention_params": AttentionParams(
+                sequence_length=inputs["sequence_length"], context_lengths=inputs["context_lengths"],
+                host_context_lengths=inputs["host_context_lengths"], max_context_length=max_input_len,
+                host_request_types=inputs["host_request_types"],
+                host_runtime_perf_knobs=inputs["host_runtime_perf_knobs"],
+                host_context_progress=inputs["host_context_progress"]),
+        }
+        if inputs["hidden_states_input"] is not None:
+            result["hidden_states"] = inputs["hidden_states_input"]
+        return result
+
     def load(self, weights: dict) -> None:
         params = dict(self.named_parameters())
         required = {name for name, param in params.items() if not param.is_inited()}
@@ -131,6 +203,8 @@ class PretrainedModel(Module, GenerationMixin, metaclass=PostInitCaller):
         if missing:
             raise RuntimeError(f"Required but not provided tensors:{sorted(missing)}")
         self.unused_tensors = sorted(set(weights) - required)
+        for name, param in params.items():
+            param.name = param.name or name
         for name in sorted(required):
             params[name].set_checkpoint_tensor(name, weights[name])
 
@@ -141,6 +215,33 @@ class DecoderModelForCausalLM(PretrainedModel):
         self.transformer = transformer
         self.lm_head = lm_head
         Attention.create_attention_const_params(self, config)
+        self.position_embedding_type = config.position_embedding_type
+
+    def forward(self, input_ids, position_ids=None, use_cache=False, last_token_ids=None, attention_mask=None,
+                kv_cache_params=None, attention_params=None, mrope_params=None, hidden_states=None,
+                prompt_embedding_table=None, prompt_tasks=None, prompt_vocab_size=None, lora_params=None,
+                spec_decoding_params=None):
+        from tensorrt_llm.network import default_net
+
+        attention_params = Attention.fill_attention_params(self, attention_params)
+        kwargs = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": use_cache,
+                  "attention_mask": attention_mask, "kv_cache_params": kv_cache_params,
+                  "attention_params": attention_params}
+        for name, value in (("lora_params", lora_params), ("hidden_states", hidden_states),
+                            ("spec_decoding_params", spec_decoding_params)):
+            if value is not None:
+                kwargs[name] = value
+        hidden_states = self.transformer.forward(**kwargs)
+        if use_cache:
+            hidden_states, presents = hidden_states
+        if self.config.mapping.is_last_pp_rank():
+            hidden_states = gather_last_token_logits(hidden_states, last_token_ids,
+                                                     default_net().plugin_config.remove_input_padding)
+            lm_logits = self.lm_head(hidden_states)
+            lm_logits.mark_output("logits", self.config.logits_dtype)
+            return lm_logits
+        hidden_states.mark_output("hidden_states_output", self.config.dtype)
+        return hidden_states
 
 
 def preprocess_weights(weights: dict, model_config) -> dict:
