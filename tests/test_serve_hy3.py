@@ -156,3 +156,29 @@ def test_tool_call_from_fixture_output(hy3, tmp_path):
             assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
                 ("get_weather", {"city": "北京", "days": 3})]
             assert content == "I'll look that up."
+
+
+def test_triton_repositories_for_hy3(hy3, tmp_path):
+    """The three Triton flavors for Hy3: an engine directory (Hy3's engine config), the converted checkpoint
+    (reference) and the Hugging Face checkpoint on the PyTorch backend (llmapi, importing the Hy3 module)."""
+    import yaml
+
+    from hunyuan_trtllm.serve.repository import RepoOptions, write_triton_repo
+    from hunyuan_trtllm.serve.triton_validate import validate_repo
+    from hunyuan_trtllm.serve.trtllm_serve import pytorch_plugin_dir
+
+    from .test_triton_repo import PIPELINE, fake_engine
+
+    engine = fake_engine(tmp_path / "engine-dir")
+    config = json.loads((engine / "config.json").read_text())
+    config["pretrained_config"]["architecture"] = "HYV3ForCausalLM"
+    (engine / "config.json").write_text(json.dumps(config))
+    options = RepoOptions(tokenizer_dir=hy3["src"], max_input_len=32, max_seq_len=96)
+    repos = {"engine": write_triton_repo(engine, tmp_path / "engine", "engine", None, True, options),
+             "reference": write_triton_repo(hy3["ckpt"], tmp_path / "reference", "reference", 4, True, options),
+             "llmapi": write_triton_repo(hy3["src"], tmp_path / "llmapi", "llmapi", 8, True, RepoOptions(tp=2, ep=2))}
+    for flavor, repo in repos.items():
+        assert validate_repo(repo) == (["tensorrt_llm"] if flavor == "llmapi" else PIPELINE), flavor
+        assert json.loads((repo / "repo.json").read_text())["flavor"] == flavor
+    settings = yaml.safe_load((repos["llmapi"] / "tensorrt_llm" / "1" / "model.yaml").read_text())
+    assert settings["triton_config"]["custom_module_dirs"] == [str(pytorch_plugin_dir("HYV3ForCausalLM"))]
