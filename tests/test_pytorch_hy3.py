@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from hunyuan_trtllm.checkpoints.spec import HYV3, load_config, parse_spec
 from hunyuan_trtllm.errors import CheckpointError
 from hunyuan_trtllm.plugins.pytorch.hy3_routing import deepseek_v3_grouped, route_sigmoid_bias
-from hunyuan_trtllm.plugins.pytorch.hy3_weights import fp8_quant_config, hy3_module_weights, module_weights
+from hunyuan_trtllm.plugins.pytorch.hy3_weights import hy3_module_weights, module_weights
 from hunyuan_trtllm.serve.trtllm_serve import pytorch_plugin_dir
 from tests.conftest import golden, golden_logits
 
@@ -163,7 +163,7 @@ def test_transformers_saved_layout_maps_to_the_same_tensors(hy3):
         hy3_module_weights(bad, spec)
 
 
-def test_fp8_release_names_scales_and_quant_config(hy3):
+def test_fp8_release_names_and_scales(hy3):
     _, spec, _ = hy3
     weights = {"model.layers.1.mlp.experts.3.up_proj.weight": torch.zeros(32, 64, dtype=torch.float8_e4m3fn),
                "model.layers.1.mlp.experts.3.up_proj.weight_scale": torch.tensor(0.5, dtype=torch.bfloat16),
@@ -175,13 +175,6 @@ def test_fp8_release_names_scales_and_quant_config(hy3):
     assert mapped["model.layers.1.mlp.experts.3.w3.weight"].dtype == torch.float8_e4m3fn
     assert module_weights(mapped, "model.layers.1.mlp.experts.3.w3").keys() == {"weight", "weight_scale",
                                                                                 "input_scale"}
-    config = fp8_quant_config({"quant_method": "fp8", "activation_scheme": "static", "kv_cache_scheme": "static",
-                               "ignored_layers": ["lm_head", "model.embed_tokens"]})
-    assert config == {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8",
-                      "exclude_modules": ["lm_head", "model.embed_tokens", "model.layers.*.mlp.gate"]}
-    with pytest.raises(CheckpointError, match="block-wise"):
-        fp8_quant_config({"quant_method": "fp8", "weight_block_size": [128, 128]})
-    assert fp8_quant_config(None) is None
 
 
 def test_custom_module_dir_and_config_class(hy3):

@@ -14,7 +14,9 @@ transformers' saved "outer" layout; the part after the module path (``weight``, 
 Everything else keeps its name (attention ``q/k/v/o_proj``, ``q_norm``/``k_norm``, layer 0's dense
 ``mlp.gate_proj/up_proj/down_proj``, norms, embedding, ``lm_head``). Layers at or above ``num_hidden_layers``
 (the MTP layer) are dropped: the target model does not run them. FP8 scales (BF16 scalars in Hy3-FP8) become
-float32 ``[1]`` tensors, the shape TensorRT-LLM's per-tensor FP8 parameters have.
+float32 ``[1]`` tensors, the shape TensorRT-LLM's per-tensor FP8 parameters have. TensorRT-LLM learns that a
+checkpoint is FP8 from an ``hf_quant_config.json`` (what ``hunyuan-trtllm quantize --format trtllm`` writes, also
+from Tencent's Hy3-FP8); the tensor names are the same in both formats.
 """
 
 from __future__ import annotations
@@ -93,26 +95,6 @@ def hy3_module_weights(weights: Mapping[str, Any], spec: ModelSpec) -> dict[str,
             raise CheckpointError(f"two checkpoint tensors map to '{target}' (is '{name}' stored twice?)")
         out[target] = value
     return out
-
-
-def fp8_quant_config(quantization_config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """TensorRT-LLM ``QuantConfig`` fields for Tencent's static per-tensor FP8 release (None when unquantized).
-
-    ``quant_method: fp8`` without ``weight_block_size`` = per-tensor FP8 (``QuantAlgo.FP8``);
-    ``kv_cache_scheme: static`` = an FP8 KV cache; ``ignored_layers`` (lm_head, embed_tokens) plus the router
-    stay unquantized.
-    """
-    if not quantization_config:
-        return None
-    if quantization_config.get("quant_method") != "fp8":
-        raise CheckpointError(f"quantization_config quant_method {quantization_config.get('quant_method')!r} is "
-                              "not supported (only Tencent's fp8)")
-    if quantization_config.get("weight_block_size"):
-        raise CheckpointError("block-wise FP8 (weight_block_size) is not Hy3-FP8's format (per-tensor)")
-    excluded = list(quantization_config.get("ignored_layers") or ["lm_head", "model.embed_tokens"])
-    return {"quant_algo": "FP8",
-            "kv_cache_quant_algo": "FP8" if quantization_config.get("kv_cache_scheme") else None,
-            "exclude_modules": [*excluded, "model.layers.*.mlp.gate"]}
 
 
 def module_weights(weights: Mapping[str, Any], prefix: str) -> dict[str, Any]:
