@@ -129,3 +129,16 @@ def test_suffix_is_read_from_the_tokenizer(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({**settings, "token_suffix": ":opensource"}))
     with pytest.raises(UserError, match="token_suffix ':opensource' given"):
         HunyuanTokenizer.from_model_dir(tmp_path)
+
+
+def test_full_size_vocabulary_and_stop_token(tmp_path):
+    """Hy3's id space (vocab 120832, bos 120000, eos 120025) through the tokenizers backend; generation stops on
+    the tokenizer's EOS (generation_config's eos_token_id and tokenizer_config's eos_token agree)."""
+    config = synth_config("hy3", "full-width")
+    write_hy3_tokenizer_files(tmp_path, config)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": config["eos_token_id"]}))
+    tok = HunyuanTokenizer.from_model_dir(tmp_path)
+    assert tok.vocab_size == 120832 and tok.stop_token_ids == (120025,) and tok.eos_token_id == 120025
+    assert tok.token_id("<｜hy_begin▁of▁sentence:opensource｜>") == config["bos_token_id"] == 120000
+    text = "你好 world <think:opensource>x"
+    assert tok.decode(tok.encode(text)) == text
