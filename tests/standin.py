@@ -8,7 +8,8 @@ from pathlib import Path
 from types import ModuleType
 
 FAKE_TRTLLM = Path(__file__).parent / "fake_trtllm"
-TRT_MODULES = ("hunyuan_trtllm.plugins.config", "hunyuan_trtllm.plugins.attention", "hunyuan_trtllm.plugins.model")
+TRT_MODULES = ("hunyuan_trtllm.plugins.config", "hunyuan_trtllm.plugins.attention", "hunyuan_trtllm.plugins.hy3",
+               "hunyuan_trtllm.plugins.model")
 STANDIN_PACKAGES = ("tensorrt_llm", "tensorrt")
 
 

@@ -199,12 +199,16 @@ def test_dense_layer_width_and_hy3_config_errors(hy3_golden):
             parse_spec({**config, **change})
 
 
-def test_engine_build_refuses_hy3_until_it_has_a_model_definition(golden_layouts):
-    from hunyuan_trtllm.builder.checkpoint import spec_from_trtllm_config
-    from hunyuan_trtllm.errors import ConfigError
+def test_engine_build_reads_hy3_back_from_the_converted_config(golden_layouts, hy3_golden):
+    """build re-derives the spec from a converted config.json: every Hy3 field survives (MTP is not engine part)."""
+    import dataclasses
 
-    with pytest.raises(ConfigError, match="'HYV3ForCausalLM' is not a Hunyuan model this tool builds"):
-        spec_from_trtllm_config(golden_layouts[(1, 1, 1)].config, "config.json")
+    from hunyuan_trtllm.builder.checkpoint import spec_from_trtllm_config
+
+    spec = spec_from_trtllm_config(golden_layouts[(1, 1, 1)].config, "config.json")
+    source = parse_spec(json.loads((hy3_golden[0] / "config.json").read_text()))
+    differ = {f.name for f in dataclasses.fields(spec) if getattr(spec, f.name) != getattr(source, f.name)}
+    assert differ <= {"num_mtp_layers", "notes"}, differ
 
 
 def test_synth_hy3_writes_tencents_layout(hy3_golden, tmp_path):

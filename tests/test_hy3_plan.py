@@ -70,6 +70,7 @@ def test_mtp_memory_is_what_convert_writes(tmp_path):
 
 
 def test_inspect_shows_routing_mtp_and_counts():
+
     result = CliRunner().invoke(cli, ["inspect", str(golden("hy3-tiny")), "--json"])
     data = json.loads(result.output)
     assert data["routing"] == {"scoring": "sigmoid", "expert_bias": "selection_only", "renormalize": True,
@@ -80,6 +81,7 @@ def test_inspect_shows_routing_mtp_and_counts():
 
 
 def test_deploy_accepts_the_presets(tmp_path):
+
     for preset, gpus, repo in (("hy3", "8", "tencent/Hy3"), ("hy3-fp8", "4", "tencent/Hy3-FP8")):
         out = tmp_path / preset
         result = CliRunner().invoke(cli, ["deploy", "compose", "--preset", preset, "--gpu", "h200", "--gpus", gpus,

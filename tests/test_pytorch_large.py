@@ -246,7 +246,7 @@ def test_plugin_dir_imports_without_tensorrt_llm(tmp_path) -> None:
 def test_plugin_registers_inside_tensorrt_llm(tmp_path) -> None:
     old, new = tmp_path / "old", tmp_path / "new"
     old.mkdir(), new.mkdir()
-    assert "UserError the Hunyuan-Large PyTorch-backend model needs TensorRT-LLM >= 1.2, found 1.1.0" in \
+    assert "UserError the Hunyuan PyTorch-backend models need TensorRT-LLM >= 1.2, found 1.1.0" in \
         run_plugin_import("1.1.0", old)
     error, through, _ = run_plugin_import("1.2.1", new).splitlines()  # the stub has no _torch: the import fails
     assert error == "ModuleNotFoundError No module named 'tensorrt_llm._torch'"

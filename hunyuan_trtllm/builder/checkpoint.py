@@ -73,6 +73,10 @@ def spec_from_trtllm_config(cfg: dict[str, Any], where: str) -> ModelSpec:
     num_experts = int(need("num_experts", moe, "moe."))
     width = int(need("intermediate_size"))
     shared = int(moe.get("shared_expert_intermediate_size") or 0) if num_experts > 1 else 0
+    routing = hunyuan.get("routing") or {}
+    layer_types = hunyuan.get("mlp_layer_types") or []
+    first_dense = next((i for i, kind in enumerate(layer_types) if kind != "dense"), 0) if num_experts > 1 else 0
+    dense_width = int(hunyuan.get("dense_intermediate_size") or 0)
     return ModelSpec(
         architecture=architecture,
         vocab_size=int(need("vocab_size")),
@@ -81,7 +85,7 @@ def spec_from_trtllm_config(cfg: dict[str, Any], where: str) -> ModelSpec:
         num_heads=int(need("num_attention_heads")),
         num_kv_heads=int(need("num_key_value_heads")),
         head_dim=int(need("head_size")),
-        intermediate_size=(shared or width) if num_experts > 1 else width,
+        intermediate_size=dense_width if first_dense else (shared or width) if num_experts > 1 else width,
         num_experts=num_experts if num_experts > 1 else 0,
         top_k=int(moe.get("top_k") or 0) if num_experts > 1 else 0,
         expert_intermediate_size=width if num_experts > 1 else 0,
@@ -96,6 +100,14 @@ def spec_from_trtllm_config(cfg: dict[str, Any], where: str) -> ModelSpec:
         torch_dtype=str(need("dtype")),
         eos_token_ids=tuple(int(i) for i in hunyuan.get("eos_token_ids") or ()),
         pad_token_id=hunyuan.get("pad_token_id"),
+        # Hy3 (written by checkpoints.trtllm_config; older checkpoints leave the defaults)
+        first_dense_layers=first_dense,
+        router_scoring=str(routing.get("scoring", "softmax")),
+        expert_bias=routing.get("expert_bias") == "selection_only",
+        route_norm=bool(routing.get("renormalize", True)),
+        routed_scaling_factor=float(routing.get("routed_scaling_factor", 1.0)),
+        qk_norm_before_rope=hunyuan.get("qk_norm_position") == "before_rope",
+        lm_head_fp32=hunyuan.get("lm_head_dtype") == "float32",
     )
 
 

@@ -29,7 +29,7 @@ LARGE = "HunYuanForCausalLM"  # Hunyuan-Large (A52B): CLA, top-1
 DENSE_V1 = "HunYuanDenseV1ForCausalLM"  # Hunyuan dense 0.5B..7B
 HYV3 = "HYV3ForCausalLM"  # Hy3 / Hy3-preview: sigmoid routing with an expert bias, dense layer 0, MTP layer
 SUPPORTED_ARCHITECTURES = (MOE_V1, LARGE, DENSE_V1, HYV3)  # convert, verify, plan
-ENGINE_ARCHITECTURES = (MOE_V1, LARGE, DENSE_V1)  # TensorRT-LLM engines (plugins/, builder/): Hy3 not yet
+ENGINE_ARCHITECTURES = (MOE_V1, LARGE, DENSE_V1, HYV3)  # TensorRT-LLM engines (plugins/, builder/)
 
 _ARCH_BY_MODEL_TYPE = {"hunyuan_v1_moe": MOE_V1, "hunyuan_v1_dense": DENSE_V1, "hy_v3": HYV3}
 _MODEL_TYPES = ("hunyuan", "hunyuan_v1_moe", "hunyuan_v1_dense", "hy_v3")

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import tiktoken
 
 from hunyuan_trtllm.checkpoints.chat_template import TURN_END, ChatTemplate, Message
+from hunyuan_trtllm.checkpoints.hy3_template import Hy3ChatTemplate, detect_hy3_tokens, template_variables
 from hunyuan_trtllm.checkpoints.hy_tokenizer import load_hy_tiktoken
 from hunyuan_trtllm.checkpoints.prompt_guard import ProtectedChat, protect_chat, special_pattern
 from hunyuan_trtllm.errors import UserError
@@ -164,12 +165,22 @@ class HunyuanTokenizer:
     """A Hunyuan model directory's tokenizer, special ids and chat template (no remote code)."""
 
     def __init__(self, backend: _Backend, tokenizer_config: dict[str, Any], generation_config: dict[str, Any],
-                 template: ChatTemplate | None) -> None:
-        """Prefer :meth:`from_model_dir`; ids named in the configs must exist in the vocabulary."""
+                 template: ChatTemplate | None, hy3: Hy3ChatTemplate | None = None) -> None:
+        """Prefer :meth:`from_model_dir`; ids named in the configs must exist in the vocabulary.
+
+        ``hy3``: the Hy3 prompt format (Hy3 vocabularies only; :attr:`hy3`).
+        """
         self._backend = backend
         self._template = template
         self._special_pattern = special_pattern(backend.specials)
         self.generation_config: dict[str, Any] = dict(generation_config)  # sampling defaults (temperature, ...)
+        self.hy3 = hy3
+        # skip_special_tokens leaves out control tokens, but never the tags the output parsers read (Hy3's think and
+        # tool-call tags are special tokens of its vocabulary; vLLM's Hy3 parsers keep them too)
+        parsed = [] if hy3 is None else [hy3.tokens.tag("tool_sep"), *(
+            hy3.tokens.tag(name, close) for name in ("think", "tool_calls", "tool_call", "arg_key", "arg_value")
+            for close in (False, True))]
+        self._skipped_specials = backend.special_ids - {backend.token_id(tag) for tag in parsed}
         names = [_token_text(tokenizer_config.get("eos_token")), TURN_END]
         named = [i for i in (self._optional_id(n) for n in names) if i is not None]
         generation = _int_list(generation_config.get("eos_token_id"))
@@ -202,7 +213,10 @@ class HunyuanTokenizer:
         tokenizer_config = _read_json(path / "tokenizer_config.json")
         template = ChatTemplate.from_tokenizer_files(
             tokenizer_config, path / "chat_template.jinja", builtin_allowed=isinstance(backend, _TiktokenBackend))
-        return cls(backend, tokenizer_config, _read_json(path / "generation_config.json"), template)
+        hy3_tokens = detect_hy3_tokens(tokenizer_config, backend.token_id)
+        hy3 = None if hy3_tokens is None else Hy3ChatTemplate(
+            hy3_tokens, template.source if template else None, template_variables(tokenizer_config))
+        return cls(backend, tokenizer_config, _read_json(path / "generation_config.json"), template, hy3)
 
     def _optional_id(self, name: str | None) -> int | None:
         return None if name is None else self._backend.token_id(name)
@@ -244,8 +258,10 @@ class HunyuanTokenizer:
         return self._backend.encode(text, allow_special)
 
     def decode_bytes(self, ids: Iterable[int], skip_special_tokens: bool = False) -> bytes:
-        """The bytes of ``ids``; ids outside the vocabulary (an engine's padding rows) contribute nothing."""
-        special = self._backend.special_ids if skip_special_tokens else frozenset()
+        """The bytes of ``ids``; ids outside the vocabulary (an engine's padding rows) contribute nothing.
+
+        ``skip_special_tokens`` drops control tokens except the tags the output parsers read (Hy3's)."""
+        special = self._skipped_specials if skip_special_tokens else frozenset()
         size = self._backend.vocab_size
         return self._backend.decode_bytes([i for i in ids if 0 <= i < size and i not in special])
 
@@ -263,13 +279,16 @@ class HunyuanTokenizer:
     def render_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
                     enable_thinking: bool | None = None, add_generation_prompt: bool = True) -> str:
         """The prompt text for ``messages`` (OpenAI-style dicts); see :meth:`ChatTemplate.render`."""
+        if self.hy3 is not None:  # Hy3: reasoning_effort, not enable_thinking (see hy3_template)
+            return self.hy3.render(messages, tools, add_generation_prompt=add_generation_prompt)
         return self.chat_template.render(messages, tools, enable_thinking, add_generation_prompt)
 
     def protect_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None
                      ) -> ProtectedChat:
         """``messages`` and ``tools`` with their special-token strings kept from becoming control tokens."""
+        source = self.hy3.source if self.hy3 is not None else self.chat_template.source
         return protect_chat(list(messages), None if tools is None else list(tools), self._special_pattern,
-                            self.chat_template.source or "")
+                            source or "")
 
     def encode_prompt(self, prompt: str, sentinel: str | None) -> list[int]:
         """Ids of a rendered chat prompt: intact special-token strings are control tokens, the rest plain text.

@@ -1,5 +1,7 @@
 """Hunyuan's attention for the TensorRT-LLM 1.2.x TensorRT engine: RoPE in the graph, then Q/K RMSNorm, then the
-GPT-attention plugin with its own rotary turned off.
+GPT-attention plugin with its own rotary turned off. Hy3 (``hunyuan.qk_norm_position: before_rope``) swaps steps 3
+and 4: per-head RMSNorm over d (one weight shared by the heads), then RoPE, which is also the order of TensorRT-LLM's
+stock ``qk_layernorm`` (norm on the split heads, then the plugin's rotary; trtllm.md section 3.5).
 
 Why not TensorRT-LLM's stock ``Attention.forward``: it applies ``q_layernorm``/``k_layernorm`` to the fused QKV and
 lets the plugin rotate afterwards, i.e. norm *before* RoPE; every Hunyuan release normalizes *after* RoPE, and the
@@ -90,6 +92,7 @@ class HunyuanAttention(Attention):
                                   dtype=config.dtype, tp_group=mapping.tp_group, tp_size=mapping.tp_size,
                                   gather_output=False)  # [nh d / tp, H]
         self.uses_qk_norm = bool(config.qk_layernorm)
+        self.norm_before_rope = config.hunyuan.get("qk_norm_position") == "before_rope"  # Hy3 (hy3.md section c)
         if self.uses_qk_norm:
             self.q_layernorm = RmsNorm(normalized_shape=config.head_size, eps=config.norm_epsilon,
                                        dtype=config.dtype)
@@ -126,11 +129,13 @@ class HunyuanAttention(Attention):
         head = self.attention_head_size
         token_shape = [shape(x, dim) for dim in range(x.ndim() - 1)]
         x = x.view(concat([*token_shape, num_heads, head]))  # [T, heads, d]
+        if self.uses_qk_norm and self.norm_before_rope:  # Hy3
+            x = getattr(self, norm_name)(x)
         first, second = split(cast(x, "float32"), head // 2, dim=x.ndim() - 1)  # [T, heads, d/2] each
         cos, sin = rope
         rotated = concat([first * cos - second * sin, second * cos + first * sin], dim=x.ndim() - 1)
         x = cast(rotated, self.dtype)
-        if self.uses_qk_norm:
+        if self.uses_qk_norm and not self.norm_before_rope:  # every older Hunyuan release
             x = getattr(self, norm_name)(x)
         return x.view(concat([*token_shape, num_heads * head]))
 

@@ -82,8 +82,13 @@ class HunyuanConfig(PretrainedConfig):
                               "rope_gpt_neox (Hunyuan rotates the two halves of each head)")
         if self.rotary_scaling is not None:
             raise ConfigError("config.json: rotary_scaling must be null (the NTK alpha belongs in rotary_base)")
-        if self.qk_layernorm and not self.hunyuan.get("qk_norm_after_rope", True):
-            raise ConfigError("config.json: hunyuan.qk_norm_after_rope is false; Hunyuan normalizes Q/K after RoPE")
+        before_rope = self.hunyuan.get("qk_norm_position") == "before_rope"  # Hy3
+        if self.qk_layernorm and not self.hunyuan.get("qk_norm_after_rope", True) and not before_rope:
+            raise ConfigError("config.json: hunyuan.qk_norm_after_rope is false but qk_norm_position is not "
+                              "before_rope")
+        routing = self.hunyuan.get("routing") or {}
+        if routing.get("scoring", "softmax") not in ("softmax", "sigmoid"):
+            raise ConfigError(f"config.json: hunyuan.routing.scoring '{routing['scoring']}' is not softmax or sigmoid")
         if self.use_parallel_embedding:
             raise ConfigError("config.json: use_parallel_embedding must be false (the converter writes the whole "
                               "vocabulary embedding on every rank)")

@@ -10,7 +10,12 @@ Per layer (names as in the checkpoint, see :mod:`hunyuan_trtllm.checkpoints.weig
     routed output before one all-reduce), router in float32 (``mlp.router``), experts through the MoE plugin
     (``mlp.fc`` = [up; gate] per expert, ``mlp.proj``), EP/TP from ``mapping``, routing from
     ``moe.normalization_mode`` (RENORMALIZE for top-8, NONE for Large's top-1);
-  - dense: ``GatedMLP`` (``fc`` = gate_proj, activated; ``gate`` = up_proj; ``proj`` = down_proj).
+  - Hy3 (``hunyuan.routing.scoring`` sigmoid): :class:`~.hy3.Hy3SharedMoE`, the same layer with Hy3's routing
+    computed in the graph (sigmoid, selection-only ``mlp.expert_bias``, renormalise, x ``routed_scaling_factor``);
+  - dense: ``GatedMLP`` (``fc`` = gate_proj, activated; ``gate`` = up_proj; ``proj`` = down_proj), also for Hy3's
+    dense layer 0 (``hunyuan.mlp_layer_types``, width ``hunyuan.dense_intermediate_size``).
+
+Hy3's ``lm_head`` is float32 when ``hunyuan.lm_head_dtype`` says so (:class:`~.hy3.Float32Head`).
 
 FP8 (``quant_algo: FP8``) needs nothing here: ``PretrainedModel.__post_init__`` runs TensorRT-LLM's ``quantize``,
 which swaps ColumnLinear/RowLinear for FP8Linear/FP8RowLinear (weights_scaling_factor, activation_scaling_factor
@@ -47,15 +52,27 @@ from tensorrt_llm.module import Module, ModuleList
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.plugins.attention import HunyuanAttention, RopeCosSin, SharedKv
 from hunyuan_trtllm.plugins.config import HunyuanConfig
+from hunyuan_trtllm.plugins.hy3 import Float32Head, hy3_moe_class
 
 
-def build_mlp(config: HunyuanConfig) -> Module:
-    """The layer's MLP: routed experts + always-on shared expert, routed experts only, or a dense gated MLP."""
+def build_mlp(config: HunyuanConfig, layer_idx: int) -> Module:
+    """The layer's MLP: routed experts + always-on shared expert (Hy3: with its own routing, :mod:`.hy3`), routed
+    experts only, or a dense gated MLP (dense models, and Hy3's first ``first_k_dense_replace`` layers)."""
     mapping = config.mapping
-    if not config.moe.has_moe():
-        return GatedMLP(hidden_size=config.hidden_size, ffn_hidden_size=config.intermediate_size,
-                        hidden_act=config.hidden_act, bias=False, dtype=config.dtype, tp_group=mapping.tp_group,
-                        tp_size=mapping.tp_size, quant_mode=config.quant_mode)
+    dense_layer = config.hunyuan.get("mlp_layer_types", [None] * (layer_idx + 1))[layer_idx] == "dense"
+    if not config.moe.has_moe() or dense_layer:
+        width = config.hunyuan.get("dense_intermediate_size", config.intermediate_size) if dense_layer else (
+            config.intermediate_size)
+        return GatedMLP(hidden_size=config.hidden_size, ffn_hidden_size=width,
+                        hidden_act="silu" if dense_layer else config.hidden_act, bias=False, dtype=config.dtype,
+                        tp_group=mapping.tp_group, tp_size=mapping.tp_size, quant_mode=config.quant_mode)
+    routing = config.hunyuan.get("routing") or {}
+    if routing.get("scoring") == "sigmoid":
+        moe_class = hy3_moe_class(routing.get("routed_scaling_factor", 1.0), routing.get("renormalize", True))
+        return moe_class(moe_config=config.moe, hidden_size=config.hidden_size,
+                         ffn_hidden_size=config.intermediate_size, hidden_act=config.hidden_act, mapping=mapping,
+                         bias=False, dtype=config.dtype, tp_group=mapping.tp_group, tp_size=mapping.tp_size,
+                         quant_mode=config.quant_mode)
     if config.moe.shared_expert_intermediate_size > 0:
         return SharedMoE(moe_config=config.moe, hidden_size=config.hidden_size,
                          ffn_hidden_size=config.intermediate_size, hidden_act=config.hidden_act, mapping=mapping,
@@ -75,7 +92,7 @@ class HunyuanDecoderLayer(Module):
         self.attention = HunyuanAttention(config, layer_idx)
         self.post_layernorm = RmsNorm(normalized_shape=config.hidden_size, eps=config.norm_epsilon,
                                       dtype=config.dtype)
-        self.mlp = build_mlp(config)
+        self.mlp = build_mlp(config, layer_idx)
 
     def forward(self, hidden_states: Tensor, rope: RopeCosSin, shared_kv: SharedKv | None, past_key_value: Any,
                 use_cache: bool, kv_cache_params: Any, attention_params: Any) -> tuple[Tensor, Any, SharedKv]:
@@ -161,9 +178,11 @@ class HunyuanForCausalLM(DecoderModelForCausalLM):
         transformer = HunyuanModel(config)
         lm_head = None
         if config.mapping.is_last_pp_rank():
-            lm_head = ColumnLinear(config.hidden_size, pad_vocab_size(config.vocab_size, config.mapping.tp_size),
-                                   bias=False, dtype=config.dtype, tp_group=config.mapping.tp_group,
-                                   tp_size=config.mapping.tp_size, gather_output=True)  # [V_pad / tp, H]
+            fp32_head = config.hunyuan.get("lm_head_dtype") == "float32"  # Hy3's enable_lm_head_fp32
+            lm_head = (Float32Head if fp32_head else ColumnLinear)(
+                config.hidden_size, pad_vocab_size(config.vocab_size, config.mapping.tp_size), bias=False,
+                dtype="float32" if fp32_head else config.dtype, tp_group=config.mapping.tp_group,
+                tp_size=config.mapping.tp_size, gather_output=True)  # [V_pad / tp, H]
         with rope_tables_off(config):  # RoPE runs in the graph from rotary_base; the plugin's tables are never read
             super().__init__(config, transformer, lm_head)
 

@@ -76,6 +76,7 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None
+    reasoning_effort: str | None = None  # Hy3: no_think (default), low, high
 
     @property
     def token_limit(self) -> int | None:

@@ -28,10 +28,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
+from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.serve import openai_fields as fields
 from hunyuan_trtllm.serve.chat_prompts import ChatPrompts, PromptError
 from hunyuan_trtllm.serve.generation import GenerationParams, TokenBackend, generate_text
 from hunyuan_trtllm.serve.http_safety import BodySizeLimit, ServerLimits, install_error_handlers, until_disconnected
+from hunyuan_trtllm.serve.hy3_output import hy3_chat
 from hunyuan_trtllm.serve.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -232,19 +234,29 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
         messages = [m.model_dump(exclude_none=True) | {"content": m.text()} for m in request.messages]
         thinking = (request.chat_template_kwargs or {}).get("enable_thinking")  # None: left to the template
         try:
-            prompt_ids = await prompts.ids(messages, request.tools, None if thinking is None else bool(thinking))
+            if getattr(tokenizer, "hy3", None) is None:
+                hy3 = None
+                prompt_ids = await prompts.ids(messages, request.tools, None if thinking is None else bool(thinking))
+            else:  # Hy3: reasoning_effort; user text protected the same way, rendered and encoded off the loop
+                chat_input = await asyncio.to_thread(tokenizer.protect_chat, messages, request.tools)
+                hy3 = await asyncio.to_thread(hy3_chat, tokenizer, chat_input.messages, chat_input.tools,
+                                              request.chat_template_kwargs, request.reasoning_effort)
+                prompt_ids = await asyncio.to_thread(tokenizer.encode_prompt, hy3.prompt, chat_input.sentinel)
         except PromptError as exc:
             raise RequestError(str(exc), exc.status, "messages", exc.code) from None
+        except (UserError, ValueError) as exc:
+            raise RequestError(str(exc), param="messages") from None
         params = check(request, prompt_ids)
         request_id = new_id("chatcmpl")
         forced_calls = request.tool_choice not in (None, "auto", "none")  # the output is the JSON call list
-        prefix = ASSISTANT_PREFIX if request.tools else ""
+        prefix = ASSISTANT_PREFIX if request.tools and hy3 is None else ""  # A13B's tool template asks for it
 
         def logprobs_of(items) -> dict[str, Any] | None:
             return fields.chat_logprobs(tokenizer, items, params.top_logprobs) if params.logprobs else None
 
         async def stream_body(events, include_usage: bool):
-            parser, stripper, completion, called = StreamingOutputParser(), PrefixStripper(prefix), 0, 0
+            parser = hy3.parser() if hy3 else StreamingOutputParser()
+            stripper, completion, called = PrefixStripper(prefix), 0, 0
             pending, raw = [], ""
             yield chat_chunk(request_id, request.model, {"role": "assistant", "content": ""}), 0
             async for event in events:
@@ -292,9 +304,9 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
         message: dict[str, Any] = {"role": "assistant", "content": text, "reasoning_content": None}
         calls = parse_tool_calls(text) if forced_calls else None
         if not forced_calls:
-            parsed = parse_output(text)
+            parsed = hy3.parse(text) if hy3 else parse_output(text)
             stripper = PrefixStripper(prefix)
-            content = stripper.push(parsed.content, final=True)
+            content = stripper.push(parsed.content, final=True) if parsed.content else parsed.content
             message = {"role": "assistant", "content": content, "reasoning_content": parsed.reasoning_content}
             calls = parsed.tool_calls
         if calls:

@@ -280,7 +280,7 @@ def llmapi_settings(source: Path, max_batch_size: int | None, streaming: bool,
     settings |= llm_api_options(target, serve)
     settings["triton_config"] = {"max_batch_size": 0, "decoupled": streaming}
     if target.spec.architecture not in NATIVE_PYTORCH_ARCHITECTURES:  # Hunyuan-Large: model.py imports our model
-        settings["triton_config"]["custom_module_dirs"] = [str(pytorch_plugin_dir())]
+        settings["triton_config"]["custom_module_dirs"] = [str(pytorch_plugin_dir(target.spec.architecture))]
     return settings
 
 

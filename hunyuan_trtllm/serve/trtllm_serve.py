@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from hunyuan_trtllm.checkpoints.spec import DENSE_V1, LARGE, MOE_V1, ModelSpec, load_config, parse_spec
+from hunyuan_trtllm.checkpoints.spec import DENSE_V1, HYV3, LARGE, MOE_V1, ModelSpec, load_config, parse_spec
 from hunyuan_trtllm.errors import UserError
 
 NATIVE_PYTORCH_ARCHITECTURES = (MOE_V1, DENSE_V1)
@@ -76,10 +76,13 @@ def detect_target(path: Path) -> ServeTarget:
     return ServeTarget(path, "pytorch", spec, None)
 
 
-def pytorch_plugin_dir() -> Path:
-    """The directory ``--custom_module_dirs`` imports for Hunyuan-Large (alone in its parent, see its docstring)."""
+def pytorch_plugin_dir(architecture: str = LARGE) -> Path:
+    """The directory ``--custom_module_dirs`` imports for ``architecture`` (Hunyuan-Large or Hy3; alone in its
+    parent, see its docstring)."""
     import hunyuan_trtllm.plugins.pytorch as plugin  # imports no TensorRT-LLM here
 
+    if architecture == HYV3:
+        return Path(plugin.__file__).parent / "custom_module_hy3" / "hy3_trtllm"
     return Path(plugin.__file__).parent / "custom_module" / "hunyuan_large_trtllm"
 
 
@@ -143,7 +146,7 @@ def trtllm_serve_command(target: ServeTarget, options: ServeOptions, extra_optio
         return command + (["--trust_remote_code"] if options.trust_remote_code else [])
     assert target.spec is not None
     if target.spec.architecture not in NATIVE_PYTORCH_ARCHITECTURES:  # Hunyuan-Large: our model, imported first
-        command += ["--custom_module_dirs", str(pytorch_plugin_dir())]
+        command += ["--custom_module_dirs", str(pytorch_plugin_dir(target.spec.architecture))]
     command += ["--tp_size", str(options.tp), "--ep_size", str(options.ep), "--pp_size", str(options.pp),
                 "--max_batch_size", str(options.max_batch_size), "--max_num_tokens", str(options.max_num_tokens)]
     if options.max_seq_len:

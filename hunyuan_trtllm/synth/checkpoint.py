@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
-from hunyuan_trtllm.checkpoints.hy3_tokenizer import write_hy3_tokenizer
 from hunyuan_trtllm.checkpoints.hy_tokenizer import (
     SPECIAL_TOKENS,
     filled_ranks,
@@ -61,6 +60,7 @@ from hunyuan_trtllm.checkpoints.weight_plan import stored_dtype, tensor_shapes
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.reference.hf_forward import router_gaps
 from hunyuan_trtllm.synth import configs as synth_configs
+from hunyuan_trtllm.synth.hy3_tokenizer import write_hy3_tokenizer_files
 
 ARCHS = ("a13b", "large", "dense", "hy3")
 PRESETS = ("tiny", "full-width")
@@ -119,8 +119,8 @@ def synth_checkpoint(
                 if min_router_gap == DEFAULT_MIN_ROUTER_GAP else None
             stream, used_seed, gap = _weights(spec, shapes, seed, preset, min_router_gap, bar, head, known)
             _write_weights(tmp, spec, shapes, stream, fused, sharded=preset == "full-width", bar=bar)
-        if spec.is_hy3:  # tokenizer.json (a small BPE, Hy3's special tokens at the config's ids), no chat template
-            write_hy3_tokenizer(tmp, config)
+        if spec.is_hy3:  # a Hy3-style tokenizer.json (no chat_template: serving uses the built-in Hy3 one)
+            write_hy3_tokenizer_files(tmp, config)
             generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
                           "pad_token_id": config["pad_token_id"], "do_sample": True, "temperature": 0.9, "top_p": 1.0}
             write_atomic(tmp / "generation_config.json", json.dumps(generation, indent=2) + "\n")

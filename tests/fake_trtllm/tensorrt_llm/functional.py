@@ -19,6 +19,7 @@ GEMMs run one token row at a time (``rowwise_mm``) so results are independent of
 
 from __future__ import annotations
 
+import builtins
 from collections import OrderedDict
 from enum import IntEnum
 
@@ -63,6 +64,11 @@ class AttentionMaskType(IntEnum):
     bidirectionalglm = 4
     blocksparse = 5
     custom_mask = 6
+
+
+class SideStreamIDType(IntEnum):
+    disable = 0
+    moe = 1
 
 
 class DimRange:
@@ -236,7 +242,7 @@ def split(tensor: Tensor, split_size_or_sections, dim=0):
         if tensor.shape[dim] % split_size_or_sections:
             raise ValueError(f"split: dim {dim} of size {tensor.shape[dim]} is not a multiple of "
                              f"{split_size_or_sections}")
-    elif sum(split_size_or_sections) != tensor.shape[dim]:
+    elif builtins.sum(split_size_or_sections) != tensor.shape[dim]:
         raise ValueError(f"split: sections {split_size_or_sections} do not add up to {tensor.shape[dim]}")
     return [wrap(part) for part in torch.split(tensor.value, split_size_or_sections, dim=dim)]
 
@@ -345,6 +351,21 @@ def recv(tensor: Tensor, src: int) -> Tensor:
         raise ValueError(f"recv on rank {rank}: got {list(received.shape)} {received.dtype}, the buffer is "
                          f"{list(tensor.shape)} {tensor.value.dtype}")
     return wrap(received)
+
+
+def topk(input: Tensor, k, dim, largest=True, prefer_plugin=True) -> tuple[Tensor, Tensor]:
+    """(values, int32 indices) of the ``k`` largest (or smallest) entries along ``dim``, sorted."""
+    values, indices = torch.topk(input.value, int(k), dim=dim, largest=largest)
+    return wrap(values), wrap(indices.to(torch.int32))
+
+
+def gather(input: Tensor, dim: int, indices) -> Tensor:
+    """GatherElements: ``out[i][j] = input[i][indices[i][j]]`` along ``dim``."""
+    return wrap(torch.gather(input.value, dim, indices.value.long()))
+
+
+def sum(input: Tensor, dim: int, keepdim: bool = False) -> Tensor:  # noqa: A001 (TensorRT-LLM's name)
+    return wrap(torch.sum(input.value, dim=dim, keepdim=keepdim))
 
 
 def index_select(input: Tensor, dim: int, index: Tensor) -> Tensor:

@@ -124,6 +124,13 @@ class MixtureOfExperts(Module):
         """The routed experts for a given routing: ``weights`` [T, k] float32 and ``experts`` [T, k] (global ids)."""
         return self._reduce(self._routed(hidden_states, weights, experts))
 
+    def forward_experts(self, hidden_states, token_selected_experts, token_final_scales, lora_layer_params,
+                        side_stream_id):
+        """1.2.x's entry into the MoE plugin for a routing computed in the graph (no all-reduce here)."""
+        if lora_layer_params is not None or int(side_stream_id) != 0:
+            raise NotImplementedError("stand-in MoE plugin: LoRA and side streams are not modelled")
+        return self._routed(hidden_states, token_final_scales.value.float(), token_selected_experts.value)
+
     def _routed(self, hidden_states, weights, experts):
         if self.fc.bias is not None:
             raise NotImplementedError("stand-in MoE plugin: expert biases are not modelled")
