@@ -97,8 +97,9 @@ else:
         from hunyuan_trtllm.checkpoints.calibrate import calibrate, load_calibration_samples
         from hunyuan_trtllm.checkpoints.source import open_source
         scales = calibrate(open_source(src), load_calibration_samples(None, src, 4, 32))
+    mode = {} if io_mode == "default" else {"write_mode": io_mode}
     convert(src, out, Mapping(tp=tp, moe_ep=ep), dtype="fp8" if "fp8" in variant else "bfloat16",
-            workers=workers, scales=scales)
+            workers=workers, scales=scales, **mode)
 print(time.perf_counter() - start)
 """
 
@@ -207,6 +208,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts for bf16_tp8_ep8")
     parser.add_argument("--skip", nargs="*", default=[], help="variants to leave out (e.g. naive_bf16)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these variants (and the copy)")
+    parser.add_argument("--write-modes", nargs="+", default=[],
+                        help="also run bf16_tp8_ep8 in these convert --write-mode's (bf16_tp8_ep8@MODE)")
     parser.add_argument("--cache", choices=["cold", "warm"], default="cold",
                         help="source pages dropped before every run (cold, as for a real model) or read first")
     parser.add_argument("--disk-gb", type=float, default=None,
@@ -237,12 +240,14 @@ def main() -> None:
         variants = {f"bf16_tp8_ep8{'' if w == main_workers else f'_w{w}'}": (bf16, w) for w in args.workers}
         variants |= {"bf16_tp2_ep4": (bf16, main_workers), "fp8_tp8_ep8": (fp8, main_workers),
                      "fp8_calib_tp8_ep8": (bf16, main_workers), "naive_bf16": (bf16, 1)}
+        variants |= {f"bf16_tp8_ep8@{mode}": (bf16, main_workers) for mode in args.write_modes}
         names = [n for n in variants if n not in args.skip and (args.only is None or n in args.only)]
         order = schedule(names, args.repeats)
         done: list[Run] = []
         for step, name in enumerate(order):
             src, workers = variants.get(name, (bf16, 1))
-            done.append(run_once(name.split("_w")[0], src, work / "out", workers, args.cache, "default"))
+            base, _, mode = name.partition("@")
+            done.append(run_once(base.split("_w")[0], src, work / "out", workers, args.cache, mode or "default"))
             run = done[-1]
             progress.print(f"[{step + 1}/{len(order)}] {name}: {run.seconds:.1f} s, "
                            f"{run.written / GB / run.seconds:.2f} GB/s, sys {run.usage.sys_s:.1f} s, "

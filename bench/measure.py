@@ -3,9 +3,10 @@ its peak memory, the page cache, and the raw sequential speed of the disk.
 
 - CPU seconds (user, system) come from ``wait4``'s rusage, which adds up every descendant that was waited for
   (the converter's worker processes are);
-- bytes read from and written to storage come from ``/proc/<pid>/io`` (``read_bytes``/``write_bytes``) of every
-  process in the tree, sampled every 20 ms, the last value of each process kept (a process's counters survive
-  until it exits);
+- bytes read from and written to storage (``read_bytes``/``write_bytes`` of ``/proc/<pid>/io``): the kernel adds
+  a reaped child's counters to its parent's, so once the benchmark has waited for the run, the growth of its own
+  ``/proc/self/io`` is exactly what the whole tree read and wrote (procfs reads count nothing); during the run,
+  the tree's live counters are sampled for the timeline;
 - peak RSS is the largest sum of RSS over the tree at one sample; the page cache is ``Cached`` in /proc/meminfo.
 """
 
@@ -108,6 +109,11 @@ class Usage:
     timeline: list[tuple[float, float, float, float]] = field(default_factory=list)  # s, written GB, RSS GB, cache GB
 
 
+def _self_io() -> tuple[int, int]:
+    counters = psutil.Process().io_counters()
+    return counters.read_bytes, counters.write_bytes
+
+
 def _sample_tree(root: psutil.Process, io: dict[int, tuple[int, int]]) -> int:
     """Record each live process's I/O counters; return the tree's RSS."""
     rss = 0
@@ -131,7 +137,7 @@ def run_tree(argv: list[str], stdout: Path, stderr: Path) -> Usage:
     usage = Usage(cached_gb_before=cached_gb(), loadavg_before=loadavg())
     usage.cached_gb_peak = usage.cached_gb_before
     io: dict[int, tuple[int, int]] = {}
-    start = time.perf_counter()
+    io_before, start = _self_io(), time.perf_counter()
     with stdout.open("wb") as out, stderr.open("wb") as err:
         child = subprocess.Popen(argv, stdout=out, stderr=err)
     pid, root, samples = child.pid, psutil.Process(child.pid), 0
@@ -150,8 +156,8 @@ def run_tree(argv: list[str], stdout: Path, stderr: Path) -> Usage:
     usage.wall_s = time.perf_counter() - start
     usage.returncode = child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by subprocess
     usage.user_s, usage.sys_s = rusage.ru_utime, rusage.ru_stime
-    usage.io_read_bytes = sum(r for r, _ in io.values())
-    usage.io_write_bytes = sum(w for _, w in io.values())
-    usage.rusage_write_bytes = rusage.ru_oublock * 512  # the same counter, exact: every waited-for descendant
+    io_after = _self_io()
+    usage.io_read_bytes, usage.io_write_bytes = io_after[0] - io_before[0], io_after[1] - io_before[1]
+    usage.rusage_write_bytes = rusage.ru_oublock * 512  # the same kernel counter, through wait4's rusage
     usage.cached_gb_after, usage.loadavg_after = cached_gb(), loadavg()
     return usage

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from hunyuan_trtllm import __version__
+from hunyuan_trtllm.checkpoints.file_io import DEFAULT_WRITE_MODE, FileWriter, drop_range
 from hunyuan_trtllm.checkpoints.fp8 import fp8_plan, quantization_config, source_scales
 from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
 from hunyuan_trtllm.checkpoints.mapping import Mapping
@@ -34,7 +35,6 @@ from hunyuan_trtllm.checkpoints.safetensors_io import (
     finish_partial,
     partial_path,
     plan_file,
-    pwrite_tensor,
     read_header,
     write_atomic,
 )
@@ -102,12 +102,14 @@ def convert(
     progress: Callable[[int, int], ProgressFn] | None = None,
     scales: Fp8Scales | None = None,
     kv_cache_fp8: bool = False,
+    write_mode: str = DEFAULT_WRITE_MODE,
 ) -> ConvertResult:
     """Convert MODEL into a TensorRT-LLM checkpoint in ``out_dir``.
 
     ``dtype="fp8"``: per-tensor FP8 weights (bfloat16 activations) with ``scales`` from calibration, or, for an
     FP8 source (Tencent's format), the scales stored in it. ``progress(total_bytes, already_done)`` may return a
-    callback that receives bytes as they are written.
+    callback that receives bytes as they are written. ``write_mode``: see :mod:`.file_io` (the bytes written are
+    the same in every mode); source ranges are dropped from the page cache once no task reads them again.
     """
     start = time.perf_counter()
     src = open_source(model)
@@ -133,12 +135,15 @@ def convert(
     total = sum(t.nbytes for t in tasks)
     advance = progress(total, 0) if progress else None
     remaining = {r: sum(1 for t in tasks if t.rank == r) for r in todo}
-    for task in _run(src.path, plan, out_dir, tasks, workers):
+    readers = _SourceReaders(src, plan, tasks)
+    for task in _run(src.path, plan, out_dir, tasks, workers, write_mode):
         if advance:
             advance(task.nbytes)
+        readers.done(task)
         remaining[task.rank] -= 1
         if remaining[task.rank] == 0:
             finish_partial(rank_file(out_dir, task.rank))
+    src.close()
 
     complete = all(rank_file(out_dir, r).is_file() for r in range(mapping.world_size))
     if complete:
@@ -258,36 +263,67 @@ def _rank_tasks(out_dir: Path, plan: WeightPlan, rank: int) -> list[_Task]:
 _WORKER: dict[str, object] = {}
 
 
-def _init_worker(model_dir: Path, plan: WeightPlan, out_dir: Path) -> None:
+class _SourceReaders:
+    """Counts the tasks still to read each stored source tensor; once none is left, its byte range is dropped from
+    the page cache, so a conversion larger than RAM does not evict everything else (the tensors that several ranks
+    read, such as a replicated embedding, stay until the last of them is written)."""
+
+    def __init__(self, src: SourceCheckpoint, plan: WeightPlan, tasks: list[_Task]):
+        self.src = src
+        self.stored: dict[tuple[int, int | None], list[str]] = {}
+        self.pending: dict[str, int] = {}
+        for task in tasks:
+            t = plan.ranks[task.rank][task.tensor]
+            parts = t.parts if task.part is None else (t.parts[task.part],)
+            names = {p.name for reads in parts for read in reads for p in src.resolve(read)}
+            self.stored[(task.rank, task.offset)] = sorted(names)
+            for name in names:
+                self.pending[name] = self.pending.get(name, 0) + 1
+
+    def done(self, task: _Task) -> None:
+        for name in self.stored.pop((task.rank, task.offset), []):
+            self.pending[name] -= 1
+            if self.pending[name] == 0:
+                file, info = self.src.tensors[name]
+                fd = self.src.fd(file)
+                drop_range(fd, self.src.headers[file].data_start + info.begin, info.nbytes)
+
+
+def _init_worker(model_dir: Path, plan: WeightPlan, out_dir: Path, write_mode: str) -> None:
     torch.set_num_threads(1)
-    _WORKER.update(src=SourceCheckpoint(model_dir), plan=plan, out=out_dir, fds={})
+    _WORKER.update(src=SourceCheckpoint(model_dir), plan=plan, out=out_dir, writers={}, mode=write_mode)
 
 
 def _do_task(task: _Task) -> _Task:
     src: SourceCheckpoint = _WORKER["src"]  # type: ignore[assignment]
     plan: WeightPlan = _WORKER["plan"]  # type: ignore[assignment]
-    fds: dict[int, int] = _WORKER["fds"]  # type: ignore[assignment]
-    if task.rank not in fds:
-        fds[task.rank] = os.open(partial_path(rank_file(_WORKER["out"], task.rank)), os.O_WRONLY)  # type: ignore[arg-type]
+    writers: dict[int, FileWriter] = _WORKER["writers"]  # type: ignore[assignment]
+    if task.rank not in writers:
+        path = partial_path(rank_file(_WORKER["out"], task.rank))  # type: ignore[arg-type]
+        writers[task.rank] = FileWriter(path, _WORKER["mode"])  # type: ignore[arg-type]
     tensor_plan: TensorPlan = plan.ranks[task.rank][task.tensor]
     tensor = materialize(tensor_plan, src.read, task.part, src.read_e4m3 if src.fp8 else None)
     if tensor.numel() * tensor.element_size() != task.nbytes:
         raise CheckpointError(f"{tensor_plan.name}: built {tuple(tensor.shape)}, planned {tensor_plan.shape}")
-    pwrite_tensor(fds[task.rank], task.offset, tensor)
+    writers[task.rank].write(task.offset, tensor)
     return task
 
 
 def _close_worker_files() -> None:
-    for fd in _WORKER.pop("fds", {}).values():  # type: ignore[union-attr]
-        os.close(fd)
+    for writer in _WORKER.pop("writers", {}).values():  # type: ignore[union-attr]
+        writer.close()
+    src = _WORKER.pop("src", None)
+    if src is not None:
+        src.close()  # type: ignore[attr-defined]
 
 
-def _run(model_dir: Path, plan: WeightPlan, out_dir: Path, tasks: list[_Task], workers: int) -> Iterator[_Task]:
+def _run(model_dir: Path, plan: WeightPlan, out_dir: Path, tasks: list[_Task], workers: int,
+         write_mode: str = DEFAULT_WRITE_MODE) -> Iterator[_Task]:
     """Run tasks in this process (workers=1) or in a pool of worker processes, yielding each as it finishes."""
     if not tasks:
         return
     if workers <= 1:
-        _init_worker(model_dir, plan, out_dir)
+        _init_worker(model_dir, plan, out_dir, write_mode)
         try:
             for task in sorted(tasks, key=lambda t: (t.rank, t.offset)):
                 yield _do_task(task)
@@ -295,7 +331,7 @@ def _run(model_dir: Path, plan: WeightPlan, out_dir: Path, tasks: list[_Task], w
             _close_worker_files()
         return
     ctx = get_context("spawn")
-    init = (model_dir, plan, out_dir)
+    init = (model_dir, plan, out_dir, write_mode)
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
         futures = [pool.submit(_do_task, t) for t in sorted(tasks, key=lambda t: -t.nbytes)]
         for future in as_completed(futures):
