@@ -103,6 +103,7 @@ def convert(
     scales: Fp8Scales | None = None,
     kv_cache_fp8: bool = False,
     write_mode: str = DEFAULT_WRITE_MODE,
+    parallel_embedding: bool = False,
 ) -> ConvertResult:
     """Convert MODEL into a TensorRT-LLM checkpoint in ``out_dir``.
 
@@ -110,12 +111,15 @@ def convert(
     FP8 source (Tencent's format), the scales stored in it. ``progress(total_bytes, already_done)`` may return a
     callback that receives bytes as they are written. ``write_mode``: see :mod:`.file_io` (the bytes written are
     the same in every mode); source ranges are dropped from the page cache once no task reads them again.
+    ``parallel_embedding``: each tp rank holds 1/tp of the vocabulary embedding's rows (TensorRT-LLM's
+    ``use_parallel_embedding`` with ``embedding_sharding_dim`` 0) instead of all of it.
     """
     start = time.perf_counter()
     src = open_source(model)
     quantization = None
     plan = WeightPlan.build(src.spec, mapping, resolve_dtype("bfloat16" if dtype == "fp8" else dtype,
-                                                             src.spec.torch_dtype))
+                                                             src.spec.torch_dtype),
+                            parallel_embedding=parallel_embedding)
     check_source(src, plan)
     if dtype == "fp8":
         if scales is None and not src.fp8:
@@ -147,7 +151,7 @@ def convert(
 
     complete = all(rank_file(out_dir, r).is_file() for r in range(mapping.world_size))
     if complete:
-        config = trtllm_config(src.spec, mapping, plan.dtype, quantization)
+        config = trtllm_config(src.spec, mapping, plan.dtype, quantization, parallel_embedding)
         write_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     _write_manifest(out_dir, src, plan)
     return ConvertResult(

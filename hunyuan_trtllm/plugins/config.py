@@ -84,9 +84,9 @@ class HunyuanConfig(PretrainedConfig):
             raise ConfigError("config.json: rotary_scaling must be null (the NTK alpha belongs in rotary_base)")
         if self.qk_layernorm and not self.hunyuan.get("qk_norm_after_rope", True):
             raise ConfigError("config.json: hunyuan.qk_norm_after_rope is false; Hunyuan normalizes Q/K after RoPE")
-        if self.use_parallel_embedding:
-            raise ConfigError("config.json: use_parallel_embedding must be false (the converter writes the whole "
-                              "vocabulary embedding on every rank)")
+        if self.use_parallel_embedding and self.embedding_sharding_dim != 0:
+            raise ConfigError("config.json: use_parallel_embedding needs embedding_sharding_dim 0 (convert "
+                              "--parallel-embedding splits the vocabulary rows over the tp ranks)")
         if self.attn_bias or self.mlp_bias:
             raise ConfigError("config.json: attn_bias/mlp_bias must be false (no Hunyuan release has biases)")
         expected_act = "swiglu" if self.moe.has_moe() else "silu"
