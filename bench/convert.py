@@ -7,6 +7,7 @@ process and reports the median:
 - ``copy``: every source file copied to the output disk and fsynced (the physical limit on this machine);
 - ``bf16_tp8_ep8`` / ``bf16_tp2_ep4``: ``convert`` in bfloat16 (``--workers``; ``_w1`` etc. for the others);
   TP2xEP4 is the expert split moe_tp 2 x moe_ep 4 of 8 ranks (attention tp 8);
+- ``bf16_tp8_ep8_pe``: the same with ``--parallel-embedding`` (each rank 1/8 of the embedding: less to write);
 - ``fp8_tp8_ep8``: ``convert --dtype fp8`` of the FP8 source (its scales, no calibration);
 - ``fp8_calib_tp8_ep8``: calibration (4 samples x 32 tokens of the built-in set) then ``convert --dtype fp8``;
 - ``naive_bf16``: safetensors ``load_file`` of everything, resharding in memory, ``save_file`` per rank (TP8xEP8).
@@ -98,6 +99,8 @@ else:
         from hunyuan_trtllm.checkpoints.source import open_source
         scales = calibrate(open_source(src), load_calibration_samples(None, src, 4, 32))
     mode = {} if io_mode == "default" else {"write_mode": io_mode}
+    if variant.endswith("_pe"):
+        mode["parallel_embedding"] = True
     convert(src, out, Mapping(tp=tp, moe_ep=ep), dtype="fp8" if "fp8" in variant else "bfloat16",
             workers=workers, scales=scales, **mode)
 print(time.perf_counter() - start)
@@ -172,7 +175,7 @@ def largest_output_tensor(src: Path) -> int:
     return max(t.nbytes for rank in plan.ranks for t in rank)
 
 
-def make_sources(work: Path, layers: int, preset: str) -> tuple[Path, Path]:
+def make_sources(work: Path, layers: int, preset: str, fp8_source: bool = True) -> tuple[Path, Path]:
     """The full-width bfloat16 A13B stack and its FP8 copy (Tencent's format, scales from the weights)."""
     from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
     from hunyuan_trtllm.checkpoints.quantize import fp8_linear_names, quantize_checkpoint, weight_scales
@@ -181,6 +184,8 @@ def make_sources(work: Path, layers: int, preset: str) -> tuple[Path, Path]:
 
     bf16, fp8 = work / "a13b-bf16", work / "a13b-fp8"
     synth_checkpoint(bf16, "a13b", preset=preset, layers=layers, dtype="bfloat16", progress=preset == "full-width")
+    if not fp8_source:
+        return bf16, fp8
     source = SourceCheckpoint(bf16)
     names = fp8_linear_names(source.spec)
     scales = Fp8Scales(weight=weight_scales(source, names), activation=dict.fromkeys(names, 0.05),
@@ -227,21 +232,23 @@ def main() -> None:
         sources = args.sources or work
         sources.mkdir(parents=True, exist_ok=True)
         bf16, fp8 = sources / "a13b-bf16", sources / "a13b-fp8"
-        if not (bf16 / "config.json").is_file() or not (fp8 / "config.json").is_file():
+        main_workers = max(args.workers)
+        variants = {f"bf16_tp8_ep8{'' if w == main_workers else f'_w{w}'}": (bf16, w) for w in args.workers}
+        variants |= {"bf16_tp8_ep8_pe": (bf16, main_workers), "bf16_tp2_ep4": (bf16, main_workers),
+                     "fp8_tp8_ep8": (fp8, main_workers), "fp8_calib_tp8_ep8": (bf16, main_workers),
+                     "naive_bf16": (bf16, 1)}
+        variants |= {f"bf16_tp8_ep8@{mode}": (bf16, main_workers) for mode in args.write_modes}
+        names = [n for n in variants if n not in args.skip and (args.only is None or n in args.only)]
+        fp8_needed = any(n.startswith("fp8_tp") for n in names)
+        if not (bf16 / "config.json").is_file() or (fp8_needed and not (fp8 / "config.json").is_file()):
             shutil.rmtree(bf16, ignore_errors=True)
             shutil.rmtree(fp8, ignore_errors=True)
             with contextlib.redirect_stdout(sys.stderr):  # synth's progress bars: stdout stays for the results
-                make_sources(sources, args.layers, args.preset)
+                make_sources(sources, args.layers, args.preset, fp8_needed)
         largest = largest_output_tensor(bf16)
         disk_before = disk_speed(work, int(args.disk_gb * GB))
         progress.print(f"disk: write {disk_before['write_gb_per_s']:.2f} GB/s, read {disk_before['read_gb_per_s']:.2f}"
                        f" GB/s, load {disk_before['loadavg']}")
-        main_workers = max(args.workers)
-        variants = {f"bf16_tp8_ep8{'' if w == main_workers else f'_w{w}'}": (bf16, w) for w in args.workers}
-        variants |= {"bf16_tp2_ep4": (bf16, main_workers), "fp8_tp8_ep8": (fp8, main_workers),
-                     "fp8_calib_tp8_ep8": (bf16, main_workers), "naive_bf16": (bf16, 1)}
-        variants |= {f"bf16_tp8_ep8@{mode}": (bf16, main_workers) for mode in args.write_modes}
-        names = [n for n in variants if n not in args.skip and (args.only is None or n in args.only)]
         order = schedule(names, args.repeats)
         done: list[Run] = []
         for step, name in enumerate(order):

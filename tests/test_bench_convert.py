@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "convert.py"
-VARIANTS = {"copy", "bf16_tp8_ep8", "bf16_tp8_ep8_w1", "bf16_tp2_ep4", "fp8_tp8_ep8", "fp8_calib_tp8_ep8",
-            "naive_bf16"}
+VARIANTS = {"copy", "bf16_tp8_ep8", "bf16_tp8_ep8_w1", "bf16_tp8_ep8_pe", "bf16_tp2_ep4", "fp8_tp8_ep8",
+            "fp8_calib_tp8_ep8", "naive_bf16"}
 
 pytestmark = pytest.mark.slow
 

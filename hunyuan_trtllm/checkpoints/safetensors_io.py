@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hunyuan_trtllm.errors import CheckpointError, UserError
@@ -112,7 +113,7 @@ def read_header(path: Path) -> FileHeader:
     return FileHeader(path, tensors, metadata, 8 + header_len, raw)
 
 
-def pread_exact(fd: int, buf: bytearray, offset: int, what: str) -> None:
+def pread_exact(fd: int, buf: bytearray | np.ndarray, offset: int, what: str) -> None:
     """Fill ``buf`` from ``offset`` of ``fd`` with ``pread`` (no mmap, so nothing stays resident after use)."""
     view, done = memoryview(buf), 0
     while done < len(buf):

@@ -163,11 +163,11 @@ class SourceCheckpoint:
         rows = piece.rows or (0, inner[0] if inner else 1)
         count = (rows[1] - rows[0]) * row_elems
         esize = info.nbytes // max(math.prod(info.shape), 1)
-        buf = bytearray(count * esize)
+        buf = torch.empty(count * esize, dtype=torch.uint8)  # not zero-filled: pread overwrites every byte
         fd = self.fd(file)
         offset = header.data_start + info.begin + (first + rows[0] * row_elems) * esize
-        pread_exact(fd, buf, offset, f"{file} while reading '{piece.name}'")
-        tensor = torch.frombuffer(buf, dtype=info.dtype) if buf else torch.empty(0, dtype=info.dtype)
+        pread_exact(fd, buf.numpy(), offset, f"{file} while reading '{piece.name}'")
+        tensor = buf.view(info.dtype)
         tensor = tensor.view(rows[1] - rows[0], *inner[1:]) if inner else tensor.view(())
         if piece.cols:
             tensor = tensor[:, piece.cols[0] : piece.cols[1]].contiguous()
