@@ -159,6 +159,7 @@ def summarize(runs: list[Run], read_gb: float, workers: int, copies: list[tuple[
         "peak_rss_gb": max(r.usage.peak_rss for r in runs) / GB,
         "cached_gb": [[r.usage.cached_gb_before, r.usage.cached_gb_peak, r.usage.cached_gb_after] for r in runs],
         "loadavg": [r.usage.loadavg_before for r in runs],
+        "timeline": [r.usage.timeline[:: max(1, len(r.usage.timeline) // 20)] for r in runs],  # s, GB out, RSS, cache
     })
     return entry
 
