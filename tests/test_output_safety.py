@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from hunyuan_trtllm.checkpoints import convert as convert_module
 from hunyuan_trtllm.checkpoints.convert import convert
+from hunyuan_trtllm.checkpoints.file_io import FileWriter
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.source import open_source
 from hunyuan_trtllm.cli import cli
@@ -110,8 +111,8 @@ def test_deploy_overwrite_refuses_an_output_holding_its_plan(tmp_path):
 # are held too); each held process touches HOLD.<pid> so the test knows it got that far.
 RUNNER = textwrap.dedent("""
     import os, sys, time
-    import hunyuan_trtllm.checkpoints.convert as convert
-    _write = convert.pwrite_tensor
+    import hunyuan_trtllm.checkpoints.file_io as file_io
+    _write = file_io.FileWriter.write
     def held(*args):
         hold = os.environ["HOLD"]
         if os.path.exists(hold):
@@ -120,7 +121,7 @@ RUNNER = textwrap.dedent("""
         while os.path.exists(hold) and time.monotonic() < deadline:
             time.sleep(0.02)
         return _write(*args)
-    convert.pwrite_tensor = held
+    file_io.FileWriter.write = held
     if __name__ == "__main__":
         from hunyuan_trtllm.cli import main
         sys.argv[0] = "hunyuan-trtllm"
@@ -262,15 +263,15 @@ def test_free_space_is_checked_before_anything_is_written(tiny_models, tmp_path,
 
 def test_disk_full_mid_write_cleans_up_and_says_how_much_is_needed(tiny_models, tmp_path, monkeypatch):
     writes = {"n": 0}
-    real = convert_module.pwrite_tensor
+    real = FileWriter.write
 
-    def fill_up(fd, offset, tensor):
+    def fill_up(self, offset, tensor):
         writes["n"] += 1
         if writes["n"] == 5:
             raise OSError(28, "No space left on device")
-        return real(fd, offset, tensor)
+        return real(self, offset, tensor)
 
-    monkeypatch.setattr(convert_module, "pwrite_tensor", fill_up)
+    monkeypatch.setattr(FileWriter, "write", fill_up)
     out = tmp_path / "out"
     assert_one_line_error(run("convert", tiny_models["a13b"], "-o", out, "--tp", "2", "--ep", "2", "--quiet"),
                           "disk full", "MiB free", "run the same command to resume")

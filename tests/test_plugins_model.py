@@ -56,9 +56,10 @@ def tiny_spec(arch: str) -> ModelSpec:
     return parse_spec(synth_config(arch, "tiny", dtype="bfloat16"))
 
 
-def checkpoint(spec: ModelSpec, mapping: Mapping, precision: str) -> tuple[WeightPlan, dict]:
+def checkpoint(spec: ModelSpec, mapping: Mapping, precision: str,
+               parallel_embedding: bool = False) -> tuple[WeightPlan, dict]:
     """The converter's WeightPlan and config.json for this layout and precision (FP8 with made-up scales)."""
-    plan = WeightPlan.build(spec, mapping, torch.bfloat16)
+    plan = WeightPlan.build(spec, mapping, torch.bfloat16, parallel_embedding=parallel_embedding)
     quantization = None
     if precision != "bf16":
         kv_fp8 = precision == "fp8-kv"
@@ -66,7 +67,7 @@ def checkpoint(spec: ModelSpec, mapping: Mapping, precision: str) -> tuple[Weigh
         kv = {layer: 0.02 for layer in range(spec.num_layers) if spec.is_kv_producer(layer)}
         plan = fp8_plan(plan, Fp8Scales({n: 1e-3 for n in names}, {n: 1e-2 for n in names}, kv), kv_fp8)
         quantization = quantization_config(kv_fp8)
-    return plan, trtllm_config(spec, mapping, torch.bfloat16, quantization)
+    return plan, trtllm_config(spec, mapping, torch.bfloat16, quantization, parallel_embedding=parallel_embedding)
 
 
 def rank_weights(plan: WeightPlan, rank: int) -> dict[str, torch.Tensor]:
@@ -89,8 +90,9 @@ def load_rank(trt, plan: WeightPlan, config_json: dict, rank: int):
     return model
 
 
-def assert_declares_the_plan(trt, spec: ModelSpec, mapping: Mapping, precision: str) -> None:
-    plan, config_json = checkpoint(spec, mapping, precision)
+def assert_declares_the_plan(trt, spec: ModelSpec, mapping: Mapping, precision: str,
+                             parallel_embedding: bool = False) -> None:
+    plan, config_json = checkpoint(spec, mapping, precision, parallel_embedding)
     for rank in range(mapping.world_size):
         model = load_rank(trt, plan, config_json, rank)
         assert model.unused_tensors == [], f"rank {rank}: the plan writes tensors the model does not declare"
@@ -102,6 +104,15 @@ def assert_declares_the_plan(trt, spec: ModelSpec, mapping: Mapping, precision: 
 @pytest.mark.parametrize(("arch", "mapping", "precision"), TINY_CASES)
 def test_model_declares_the_weight_plan(trt, arch, mapping, precision):
     assert_declares_the_plan(trt, tiny_spec(arch), mapping, precision)
+
+
+@pytest.mark.parametrize(("arch", "mapping"), [("a13b", Mapping(tp=2, moe_ep=2)), ("large", Mapping(tp=4, pp=2))])
+def test_parallel_embedding_declares_the_split_rows(trt, arch, mapping):
+    """use_parallel_embedding: the Embedding is built with the rank's tp size and declares ceil(V/tp) rows."""
+    assert_declares_the_plan(trt, tiny_spec(arch), mapping, "bf16", parallel_embedding=True)
+    plan, config_json = checkpoint(tiny_spec(arch), mapping, "bf16", parallel_embedding=True)
+    embedding = build_rank(trt, config_json, 1).transformer.vocab_embedding.weight
+    assert tuple(embedding.shape) == (-(-config_json["vocab_size"] // mapping.tp), config_json["hidden_size"])
 
 
 @pytest.mark.parametrize(("mapping", "precision"), [(Mapping(tp=8, moe_ep=8), "bf16"), (Mapping(tp=8), "fp8-kv"),
@@ -211,7 +222,7 @@ def test_engine_config_reloads(trt):
     ({"moe": {"num_experts": 4, "top_k": 1, "normalization_mode": 2}}, "normalization_mode 2"),
     ({"moe": {"num_experts": 4, "top_k": 0}}, "moe"),
     ({"mapping": {**Mapping().to_dict(), "auto_parallel": True}}, "auto_parallel"),
-    ({"use_parallel_embedding": True}, "use_parallel_embedding"),
+    ({"use_parallel_embedding": True, "embedding_sharding_dim": 1}, "embedding_sharding_dim 0"),
 ])
 def test_bad_config_fields_are_one_line_errors(trt, change, message):
     _, config_json = checkpoint(tiny_spec("large"), Mapping(), "bf16")

@@ -111,9 +111,10 @@ def spec_from_trtllm_config(cfg: dict[str, Any], where: str) -> ModelSpec:
     )
 
 
-def plan_for(spec: ModelSpec, mapping: Mapping, dtype: torch.dtype, kv_cache_fp8: bool, fp8: bool) -> WeightPlan:
+def plan_for(spec: ModelSpec, mapping: Mapping, dtype: torch.dtype, kv_cache_fp8: bool, fp8: bool,
+             parallel_embedding: bool = False) -> WeightPlan:
     """The weight plan of a checkpoint converted with these settings (FP8: names, shapes and dtypes only)."""
-    plan = WeightPlan.build(spec, mapping, dtype)
+    plan = WeightPlan.build(spec, mapping, dtype, parallel_embedding=parallel_embedding)
     if not fp8:
         return plan
     names = linear_weight_names(plan)  # every linear of every rank: all experts, so every layer's max is defined
@@ -140,9 +141,12 @@ def open_checkpoint(ckpt_dir: Path) -> BuildModel:
         raise ConfigError(f"{where}: dtype {cfg.get('dtype')!r} is not one of {', '.join(TORCH_DTYPES)}")
     quantization = cfg.get("quantization") or {}
     fp8, kv_fp8 = _quantization(quantization, where)
-    _check_fields(cfg, trtllm_config(spec, mapping, dtype, quantization_config(kv_fp8) if fp8 else None), where)
-    return BuildModel(ckpt_dir, spec, mapping, dtype, quantization, plan_for(spec, mapping, dtype, kv_fp8, fp8),
-                      converted=True)
+    parallel = cfg.get("use_parallel_embedding") is True  # anything else fails the field check below
+    _check_fields(cfg, trtllm_config(spec, mapping, dtype, quantization_config(kv_fp8) if fp8 else None,
+                                     parallel_embedding=parallel),
+                  where)
+    return BuildModel(ckpt_dir, spec, mapping, dtype, quantization,
+                      plan_for(spec, mapping, dtype, kv_fp8, fp8, parallel), converted=True)
 
 
 def model_from_config(model: str, mapping: Mapping, dtype: str, kv_cache_dtype: str) -> BuildModel:

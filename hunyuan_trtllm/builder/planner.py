@@ -19,6 +19,7 @@ batch-1 ceiling, then concurrent sequences, then more expert parallelism (whole-
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from hunyuan_trtllm.builder.planner_costs import (
     RUNTIME_RESERVE_BYTES,
     TOKENS_PER_BLOCK,
     RankCost,
+    parallel_embedding_saving,
     rank_costs,
 )
 from hunyuan_trtllm.builder.planner_models import DEFAULT_FREE_FRACTION, PlannedModel, load_model
@@ -53,6 +55,7 @@ class PlanRequest:
     max_seq_len: int
     free_fraction: float
     mtp: bool = False  # the MTP draft part is kept (convert --mtp keep): its weights and KV on the last stage
+    parallel_embedding: bool = False  # the checkpoint of convert --parallel-embedding
 
     @property
     def world_size(self) -> int:
@@ -152,7 +155,7 @@ def compute_bound_tokens_per_s(active_params: int, request: PlanRequest) -> floa
 
 def evaluate_layout(spec: ModelSpec, mapping: Mapping, request: PlanRequest, active_params: int) -> dict[str, Any]:
     """One layout's row of the plan (the JSON contract's keys, and a few more)."""
-    costs = rank_costs(spec, mapping, request.dtype, request.kv_cache_dtype, request.mtp)
+    costs = rank_costs(spec, mapping, request.dtype, request.kv_cache_dtype, request.mtp, request.parallel_embedding)
     verdicts = [(_rank_memory(cost, request), cost) for cost in costs]
     worst = min(verdicts, key=lambda v: (OVERFLOW_ORDER.index(v[0][0]) if v[0][0] else len(OVERFLOW_ORDER),
                                          v[0][2], v[0][1], -v[1].weight_bytes))
@@ -163,6 +166,9 @@ def evaluate_layout(spec: ModelSpec, mapping: Mapping, request: PlanRequest, act
         "tp_spans_nodes": mapping.tp > request.gpus_per_node,
         "weight_bytes_per_rank": max(c.weight_bytes for c in costs),
         "weight_bytes_by_rank": [c.weight_bytes for c in costs],
+        "parallel_embedding": request.parallel_embedding,
+        # what convert --parallel-embedding saves (or, with it, saved) on each first-stage GPU
+        "parallel_embedding_saves_bytes_per_rank": parallel_embedding_saving(spec, mapping),
         "kv_bytes_per_token_per_rank": max(c.kv_bytes_per_token for c in costs),
         "workspace_bytes_per_rank": worst_cost.workspace_bytes,
         "kv_cache_bytes_per_rank": pool,
@@ -227,7 +233,8 @@ def _notes(spec: ModelSpec, request: PlanRequest, layouts: list[dict[str, Any]])
 
 def make_plan(model: str | None, preset: str | None, gpu: str, gpus_per_node: int, nodes: int, dtype: str | None,
               kv_cache_dtype: str | None, max_seq_len: int | None,
-              free_fraction: float = DEFAULT_FREE_FRACTION, mtp: bool = False) -> dict[str, Any]:
+              free_fraction: float = DEFAULT_FREE_FRACTION, mtp: bool = False,
+              parallel_embedding: bool = False) -> dict[str, Any]:
     """The plan as a JSON-able dict: ``model``, ``gpu``, the settings, ``layouts`` ranked best first,
     ``recommended`` (the best fitting layout, or None) and ``source`` (MODEL, or ``preset:NAME``). ``dtype`` None:
     the release's (fp8 for an FP8 release, else bf16)."""
@@ -235,6 +242,7 @@ def make_plan(model: str | None, preset: str | None, gpu: str, gpus_per_node: in
     spec = planned.spec
     request = check_request(spec, gpu, gpus_per_node, nodes, dtype or planned.default_dtype, kv_cache_dtype,
                             max_seq_len, free_fraction, mtp)
+    request = dataclasses.replace(request, parallel_embedding=parallel_embedding)
     summary = model_summary(planned)
     mappings, skipped = candidate_mappings(spec, request)
     layouts = sorted((evaluate_layout(spec, m, request, summary["active_params"]) for m in mappings),

@@ -63,10 +63,12 @@ def stage_representatives(mapping: Mapping) -> list[int]:
     return [mapping.coords(rank).pp_rank * mapping.tp for rank in range(mapping.world_size)]
 
 
-def layout_weight_plan(spec: ModelSpec, mapping: Mapping, dtype: str, kv_cache_fp8: bool) -> WeightPlan:
+def layout_weight_plan(spec: ModelSpec, mapping: Mapping, dtype: str, kv_cache_fp8: bool,
+                       parallel_embedding: bool = False) -> WeightPlan:
     """The weight plan ``convert`` writes for this layout (bfloat16, or its FP8 version with scale tensors), built
     for the first rank of each PP stage only: 20 layouts of 64 ranks of a full-size model take a second, not ten."""
-    plan = WeightPlan.build(spec, mapping, torch.bfloat16, only_ranks=set(stage_representatives(mapping)))
+    plan = WeightPlan.build(spec, mapping, torch.bfloat16, only_ranks=set(stage_representatives(mapping)),
+                            parallel_embedding=parallel_embedding)
     return fp8_plan(plan, planning_scales(spec), kv_cache_fp8) if dtype == "fp8" else plan
 
 
@@ -122,12 +124,20 @@ def mtp_costs(spec: ModelSpec, mapping: Mapping, kv_dtype_bytes: int) -> tuple[i
     return weights, per_layer * spec.num_mtp_layers
 
 
+def parallel_embedding_saving(spec: ModelSpec, mapping: Mapping) -> int:
+    """Weight bytes ``convert --parallel-embedding`` saves on each first-stage GPU: rank 0's plan with the whole
+    embedding minus its plan with 1/tp of the rows (the embedding is bfloat16 in FP8 checkpoints too)."""
+    whole, split = (WeightPlan.build(spec, mapping, torch.bfloat16, only_ranks={0}, parallel_embedding=parallel)
+                    for parallel in (False, True))
+    return whole.rank_bytes(0) - split.rank_bytes(0)
+
+
 def rank_costs(spec: ModelSpec, mapping: Mapping, dtype: str, kv_cache_dtype: str,
-               mtp: bool = False) -> tuple[RankCost, ...]:
+               mtp: bool = False, parallel_embedding: bool = False) -> tuple[RankCost, ...]:
     """Every rank's costs for a layout; weight bytes are the weight plan's sum of tensor bytes for the rank's
     stage representative (see :func:`stage_representatives`), plus the MTP draft part on the last stage if
     ``mtp``."""
-    plan = layout_weight_plan(spec, mapping, dtype, kv_cache_dtype == "fp8")
+    plan = layout_weight_plan(spec, mapping, dtype, kv_cache_dtype == "fp8", parallel_embedding)
     workspace = workspace_bytes(spec, mapping.tp)
     extra_weights, extra_kv = mtp_costs(spec, mapping, KV_DTYPE_BYTES[kv_cache_dtype]) if mtp else (0, 0)
     costs = []

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from hunyuan_trtllm import __version__
+from hunyuan_trtllm.checkpoints.file_io import DEFAULT_WRITE_MODE, FileWriter, drop_range
 from hunyuan_trtllm.checkpoints.fp8 import fp8_plan, quantization_config, source_scales
 from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
 from hunyuan_trtllm.checkpoints.mapping import Mapping
@@ -51,7 +52,6 @@ from hunyuan_trtllm.checkpoints.safetensors_io import (
     finish_partial,
     partial_path,
     plan_file,
-    pwrite_tensor,
     read_header,
     write_atomic,
 )
@@ -126,6 +126,8 @@ def convert(
     scales: Fp8Scales | None = None,
     kv_cache_fp8: bool = False,
     mtp: str = "drop",
+    write_mode: str = DEFAULT_WRITE_MODE,
+    parallel_embedding: bool = False,
 ) -> ConvertResult:
     """Convert MODEL into a TensorRT-LLM checkpoint in ``out_dir``.
 
@@ -133,6 +135,10 @@ def convert(
     FP8 source (Tencent's format), the scales stored in it. ``progress(total_bytes, already_done)`` may return a
     callback that receives bytes as they are written. ``mtp="keep"`` also writes the MTP draft part (module
     docstring); ``"drop"`` leaves it out with a note.
+    callback that receives bytes as they are written. ``write_mode``: see :mod:`.file_io` (the bytes written are
+    the same in every mode); source ranges are dropped from the page cache once no task reads them again.
+    ``parallel_embedding``: each tp rank holds 1/tp of the vocabulary embedding's rows (TensorRT-LLM's
+    ``use_parallel_embedding`` with ``embedding_sharding_dim`` 0) instead of all of it.
     """
     start = time.perf_counter()
     if mtp not in ("drop", "keep"):
@@ -142,7 +148,8 @@ def convert(
         raise UserError(f"--mtp keep: {src.path / 'config.json'} declares no MTP layer (num_nextn_predict_layers)")
     quantization = None
     plan = WeightPlan.build(src.spec, mapping, resolve_dtype("bfloat16" if dtype == "fp8" else dtype,
-                                                             src.spec.torch_dtype))
+                                                             src.spec.torch_dtype),
+                            parallel_embedding=parallel_embedding)
     check_source(src, plan)
     if dtype == "fp8":
         if scales is None and not src.fp8:
@@ -172,9 +179,11 @@ def convert(
             total = sum(t.nbytes for t in tasks)
             advance = progress(total, 0) if progress else None
             remaining = {r: sum(1 for t in tasks if t.rank == r) for r in todo}
-            for task in _run(src.path, plan, out_dir, tasks, workers):
+            readers = _SourceReaders(src, plan, tasks)
+            for task in _run(src.path, plan, out_dir, tasks, workers, write_mode):
                 if advance:
                     advance(task.nbytes)
+                readers.done(task)
                 remaining[task.rank] -= 1
                 if remaining[task.rank] == 0:
                     finish_partial(rank_file(out_dir, task.rank))
@@ -182,13 +191,14 @@ def convert(
                 complete = all(rank_file(out_dir, r).is_file() for r in range(mapping.world_size))
                 notes = list(src.spec.notes)
                 if complete and mtp == "keep":
-                    total += _write_mtp_part(src, out_dir / MTP_DIR, mapping, plan.dtype, workers)
+                    total += _write_mtp_part(src, out_dir / MTP_DIR, mapping, plan.dtype, workers, write_mode)
                 elif src.spec.num_mtp_layers:
                     notes.append(f"the MTP layer (model.layers.{src.spec.num_layers}, "
                                  f"{mtp_parameter_count(src.spec):,} parameters) is left out of the checkpoint; "
                                  "--mtp keep writes it as a draft part")
                 if complete:
-                    config = trtllm_config(src.spec, mapping, plan.dtype, quantization, mtp_kept=mtp == "keep")
+                    config = trtllm_config(src.spec, mapping, plan.dtype, quantization, mtp_kept=mtp == "keep",
+                                           parallel_embedding=parallel_embedding)
                     write_atomic(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
                 write_atomic(out_dir / MANIFEST, _manifest_text(out_dir, src, plan))
         except OSError as exc:
@@ -203,7 +213,8 @@ def convert(
     return ConvertResult(out_dir, plan, todo, done, complete, total, time.perf_counter() - start, notes)
 
 
-def _write_mtp_part(src: SourceCheckpoint, mtp_dir: Path, mapping: Mapping, dtype: torch.dtype, workers: int) -> int:
+def _write_mtp_part(src: SourceCheckpoint, mtp_dir: Path, mapping: Mapping, dtype: torch.dtype, workers: int,
+                    write_mode: str) -> int:
     """Write the MTP draft part into ``mtp_dir`` (unquantized: in FP8 conversions it stays bfloat16); its bytes."""
     plan = WeightPlan.build_mtp(src.spec, mapping, dtype)
     check_source(src, plan)
@@ -212,7 +223,7 @@ def _write_mtp_part(src: SourceCheckpoint, mtp_dir: Path, mapping: Mapping, dtyp
     tasks = [task for r in range(plan.mapping.world_size)
              for task in _rank_tasks(mtp_dir, plan, r, _rank_layout(plan, r))]
     remaining = {r: sum(1 for t in tasks if t.rank == r) for r in range(plan.mapping.world_size)}
-    for task in _run(src.path, plan, mtp_dir, tasks, workers):
+    for task in _run(src.path, plan, mtp_dir, tasks, workers, write_mode):
         remaining[task.rank] -= 1
         if remaining[task.rank] == 0:
             finish_partial(rank_file(mtp_dir, task.rank))
@@ -393,36 +404,67 @@ def _rank_tasks(out_dir: Path, plan: WeightPlan, rank: int, layout: FileLayout) 
 _WORKER: dict[str, object] = {}
 
 
-def _init_worker(model_dir: Path, plan: WeightPlan, out_dir: Path) -> None:
+class _SourceReaders:
+    """Counts the tasks still to read each stored source tensor; once none is left, its byte range is dropped from
+    the page cache, so a conversion larger than RAM does not evict everything else (the tensors that several ranks
+    read, such as a replicated embedding, stay until the last of them is written)."""
+
+    def __init__(self, src: SourceCheckpoint, plan: WeightPlan, tasks: list[_Task]):
+        self.src = src
+        self.stored: dict[tuple[int, int | None], list[str]] = {}
+        self.pending: dict[str, int] = {}
+        for task in tasks:
+            t = plan.ranks[task.rank][task.tensor]
+            parts = t.parts if task.part is None else (t.parts[task.part],)
+            names = {p.name for reads in parts for read in reads for p in src.resolve(read)}
+            self.stored[(task.rank, task.offset)] = sorted(names)
+            for name in names:
+                self.pending[name] = self.pending.get(name, 0) + 1
+
+    def done(self, task: _Task) -> None:
+        for name in self.stored.pop((task.rank, task.offset), []):
+            self.pending[name] -= 1
+            if self.pending[name] == 0:
+                file, info = self.src.tensors[name]
+                fd = self.src.fd(file)
+                drop_range(fd, self.src.headers[file].data_start + info.begin, info.nbytes)
+
+
+def _init_worker(model_dir: Path, plan: WeightPlan, out_dir: Path, write_mode: str) -> None:
     torch.set_num_threads(1)
-    _WORKER.update(src=SourceCheckpoint(model_dir), plan=plan, out=out_dir, fds={})
+    _WORKER.update(src=SourceCheckpoint(model_dir), plan=plan, out=out_dir, writers={}, mode=write_mode)
 
 
 def _do_task(task: _Task) -> _Task:
     src: SourceCheckpoint = _WORKER["src"]  # type: ignore[assignment]
     plan: WeightPlan = _WORKER["plan"]  # type: ignore[assignment]
-    fds: dict[int, int] = _WORKER["fds"]  # type: ignore[assignment]
-    if task.rank not in fds:
-        fds[task.rank] = os.open(partial_path(rank_file(_WORKER["out"], task.rank)), os.O_WRONLY)  # type: ignore[arg-type]
+    writers: dict[int, FileWriter] = _WORKER["writers"]  # type: ignore[assignment]
+    if task.rank not in writers:
+        path = partial_path(rank_file(_WORKER["out"], task.rank))  # type: ignore[arg-type]
+        writers[task.rank] = FileWriter(path, _WORKER["mode"])  # type: ignore[arg-type]
     tensor_plan: TensorPlan = plan.ranks[task.rank][task.tensor]
     tensor = materialize(tensor_plan, src.read, task.part, src.read_e4m3 if src.fp8 else None)
     if tensor.numel() * tensor.element_size() != task.nbytes:
         raise CheckpointError(f"{tensor_plan.name}: built {tuple(tensor.shape)}, planned {tensor_plan.shape}")
-    pwrite_tensor(fds[task.rank], task.offset, tensor)
+    writers[task.rank].write(task.offset, tensor)
     return task
 
 
 def _close_worker_files() -> None:
-    for fd in _WORKER.pop("fds", {}).values():  # type: ignore[union-attr]
-        os.close(fd)
+    for writer in _WORKER.pop("writers", {}).values():  # type: ignore[union-attr]
+        writer.close()
+    src = _WORKER.pop("src", None)
+    if src is not None:
+        src.close()  # type: ignore[attr-defined]
 
 
-def _run(model_dir: Path, plan: WeightPlan, out_dir: Path, tasks: list[_Task], workers: int) -> Iterator[_Task]:
+def _run(model_dir: Path, plan: WeightPlan, out_dir: Path, tasks: list[_Task], workers: int,
+         write_mode: str = DEFAULT_WRITE_MODE) -> Iterator[_Task]:
     """Run tasks in this process (workers=1) or in a pool of worker processes, yielding each as it finishes."""
     if not tasks:
         return
     if workers <= 1:
-        _init_worker(model_dir, plan, out_dir)
+        _init_worker(model_dir, plan, out_dir, write_mode)
         try:
             for task in sorted(tasks, key=lambda t: (t.rank, t.offset)):
                 yield _do_task(task)
@@ -430,4 +472,4 @@ def _run(model_dir: Path, plan: WeightPlan, out_dir: Path, tasks: list[_Task], w
             _close_worker_files()
         return
     ordered = sorted(tasks, key=lambda t: -t.nbytes)
-    yield from run_in_workers(workers, _do_task, ordered, _init_worker, (model_dir, plan, out_dir))
+    yield from run_in_workers(workers, _do_task, ordered, _init_worker, (model_dir, plan, out_dir, write_mode))

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hunyuan_trtllm.checkpoints.output_dir import require_free_space
@@ -146,7 +147,7 @@ def _check_byte_ranges(path: Path, tensors: dict[str, TensorInfo], data_len: int
         raise CheckpointError(f"{path}: {data_len - cursor} bytes after the last tensor (corrupt data_offsets)")
 
 
-def pread_exact(fd: int, buf: bytearray, offset: int, what: str) -> None:
+def pread_exact(fd: int, buf: bytearray | np.ndarray, offset: int, what: str) -> None:
     """Fill ``buf`` from ``offset`` of ``fd`` with ``pread`` (no mmap, so nothing stays resident after use)."""
     view, done = memoryview(buf), 0
     while done < len(buf):

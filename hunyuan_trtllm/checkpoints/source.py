@@ -168,19 +168,24 @@ class SourceCheckpoint:
         rows = piece.rows or (0, inner[0] if inner else 1)
         count = (rows[1] - rows[0]) * row_elems
         esize = info.nbytes // max(math.prod(info.shape), 1)
-        buf = bytearray(count * esize)
-        fd = self._fds.get(file)
-        if fd is None:
-            fd = self._fds[file] = os.open(file, os.O_RDONLY)
+        buf = torch.empty(count * esize, dtype=torch.uint8)  # not zero-filled: pread overwrites every byte
+        fd = self.fd(file)
         offset = header.data_start + info.begin + (first + rows[0] * row_elems) * esize
-        pread_exact(fd, buf, offset, f"{file} while reading '{piece.name}'")
-        tensor = torch.frombuffer(buf, dtype=info.dtype) if buf else torch.empty(0, dtype=info.dtype)
+        pread_exact(fd, buf.numpy(), offset, f"{file} while reading '{piece.name}'")
+        tensor = buf.view(info.dtype)
         tensor = tensor.view(rows[1] - rows[0], *inner[1:]) if inner else tensor.view(())
         if piece.cols:
             tensor = tensor[:, piece.cols[0] : piece.cols[1]].contiguous()
         if dequantize and tensor.dtype == torch.float8_e4m3fn:  # FP8 storage (Tencent's FP8 release)
             tensor = tensor.float().mul_(self.scalar(_weight_scale_name(piece.name)))
         return tensor
+
+    def fd(self, file: Path) -> int:
+        """A read-only descriptor of one weight file, opened once."""
+        fd = self._fds.get(file)
+        if fd is None:
+            fd = self._fds[file] = os.open(file, os.O_RDONLY)
+        return fd
 
     def scalar(self, name: str) -> float:
         """A stored scalar (or one-element) tensor such as ``...q_proj.input_scale``."""

@@ -46,8 +46,10 @@ def routing(spec: ModelSpec) -> dict[str, Any]:
 
 
 def trtllm_config(spec: ModelSpec, mapping: Mapping, dtype: torch.dtype,
-                  quantization: dict[str, Any] | None = None, mtp_kept: bool = False) -> dict[str, Any]:
-    """Build config.json for a converted checkpoint (``quantization``: see :mod:`hunyuan_trtllm.checkpoints.fp8`)."""
+                  quantization: dict[str, Any] | None = None, mtp_kept: bool = False,
+                  parallel_embedding: bool = False) -> dict[str, Any]:
+    """Build config.json for a converted checkpoint (``quantization``: see :mod:`hunyuan_trtllm.checkpoints.fp8`;
+    ``parallel_embedding``: the embedding's rows split over the tp ranks, ``embedding_sharding_dim`` 0)."""
     layers = range(spec.num_layers)
     config: dict[str, Any] = {
         "architecture": spec.architecture,
@@ -69,7 +71,7 @@ def trtllm_config(spec: ModelSpec, mapping: Mapping, dtype: torch.dtype,
         "rotary_scaling": None,
         "mapping": mapping.to_dict(),
         "quantization": quantization or {"quant_algo": None, "kv_cache_quant_algo": None, "exclude_modules": None},
-        "use_parallel_embedding": False,
+        "use_parallel_embedding": parallel_embedding,
         "embedding_sharding_dim": 0,
         "tie_word_embeddings": spec.tie_word_embeddings,
         "qk_layernorm": spec.use_qk_norm,

@@ -9,6 +9,7 @@ The layout follows TensorRT-LLM 1.2.x conventions (see shared/reference/trtllm.m
 TensorRT-LLM tensor (per rank)              Hugging Face source and shard rule
 ==========================================  ===========================================================
 transformer.vocab_embedding.weight [V,H]    model.embed_tokens, replicated, first PP stage
+  (parallel embedding) [V_pad/tp, H]        model.embed_tokens rows by tp, zero-padded like lm_head
 layers.{l}.input_layernorm.weight           input_layernorm, replicated
 layers.{l}.attention.qkv.weight             cat(q heads of this rank, its KV heads (duplicated when
                                             n_kv < tp), same for v) along rows
@@ -137,7 +138,12 @@ LAYER_RULES: tuple[Rule, ...] = (
     Rule("mlp.gate.weight", (_L + "mlp.up_proj.weight",), "split_rows", when="dense"),
     Rule("mlp.proj.weight", (_L + "mlp.down_proj.weight",), "split_cols", when="dense"),
 )
-FIRST_STAGE_RULES = (Rule("transformer.vocab_embedding.weight", ("model.embed_tokens.weight",), "replicate"),)
+FIRST_STAGE_RULES = (
+    Rule("transformer.vocab_embedding.weight", ("model.embed_tokens.weight",), "replicate", when="whole_embedding"),
+    # use_parallel_embedding, embedding_sharding_dim 0: TensorRT-LLM's Embedding holds ceil(V/tp) rows per rank
+    # (rank r: rows r*ceil(V/tp)...), looks up the ids in its range and all-reduces; rows past V are zero.
+    Rule("transformer.vocab_embedding.weight", ("model.embed_tokens.weight",), "vocab_rows", when="parallel_embedding"),
+)
 LAST_STAGE_RULES = (
     Rule("transformer.ln_f.weight", ("model.norm.weight",), "replicate"),
     Rule("lm_head.weight", ("lm_head.weight",), "vocab_rows", when="untied"),
@@ -272,9 +278,11 @@ SHARD_RULES: dict[str, Callable[[_Ctx, tuple[str, ...]], dict]] = {
 }
 
 
-def _applies(when: str, spec: ModelSpec, layer: int) -> bool:
+def _applies(when: str, spec: ModelSpec, layer: int, parallel_embedding: bool = False) -> bool:
     producer = spec.is_kv_producer(layer) if layer >= 0 else True
     return {
+        "whole_embedding": not parallel_embedding,
+        "parallel_embedding": parallel_embedding,
         "always": True,
         "kv_producer": producer,
         "kv_consumer": not producer,
@@ -301,16 +309,21 @@ class WeightPlan:
     mapping: Mapping
     dtype: torch.dtype
     ranks: tuple[tuple[TensorPlan, ...], ...]
+    parallel_embedding: bool = False
 
     @classmethod
     def build(cls, spec: ModelSpec, mapping: Mapping, dtype: torch.dtype,
-              only_ranks: Collection[int] | None = None) -> WeightPlan:
-        """Plan every rank, or only ``only_ranks`` (the other ranks' tensor lists are left empty)."""
+              only_ranks: Collection[int] | None = None, parallel_embedding: bool = False) -> WeightPlan:
+        """Plan every rank, or only ``only_ranks`` (the other ranks' tensor lists are left empty).
+
+        ``parallel_embedding``: the vocabulary embedding split by rows over the tp ranks (``use_parallel_embedding``,
+        ``embedding_sharding_dim`` 0) instead of replicated on each.
+        """
         mapping.validate(spec)
         wanted = range(mapping.world_size) if only_ranks is None else only_ranks
-        ranks = tuple(tuple(_rank_tensors(spec, mapping, mapping.coords(r), dtype)) if r in wanted else ()
-                      for r in range(mapping.world_size))
-        return cls(spec, mapping, dtype, ranks)
+        ranks = tuple(tuple(_rank_tensors(spec, mapping, mapping.coords(r), dtype, parallel_embedding))
+                      if r in wanted else () for r in range(mapping.world_size))
+        return cls(spec, mapping, dtype, ranks, parallel_embedding)
 
     @classmethod
     def build_mtp(cls, spec: ModelSpec, mapping: Mapping, dtype: torch.dtype) -> WeightPlan:
@@ -366,12 +379,13 @@ def _layer_tensors(spec: ModelSpec, mapping: Mapping, at: RankCoords, dtype: tor
     return tensors
 
 
-def _rank_tensors(spec: ModelSpec, mapping: Mapping, at: RankCoords, dtype: torch.dtype) -> list[TensorPlan]:
+def _rank_tensors(spec: ModelSpec, mapping: Mapping, at: RankCoords, dtype: torch.dtype,
+                  parallel_embedding: bool = False) -> list[TensorPlan]:
     layers = mapping.pp_layers(spec.num_layers, at.pp_rank)
     tensors: list[TensorPlan] = []
 
     def emit(rule: Rule, name: str, ctx: _Ctx, fmt: dict[str, int]) -> None:
-        if not _applies(rule.when, spec, ctx.layer):
+        if not _applies(rule.when, spec, ctx.layer, parallel_embedding):
             return
         names = tuple(n.replace("{e}", "{{e}}").format(**fmt) for n in rule.hf)
         fields = SHARD_RULES[rule.shard](ctx, names)

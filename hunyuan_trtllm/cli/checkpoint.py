@@ -97,14 +97,20 @@ def _routing_text(spec) -> str:
 @click.option("--mtp", default="drop", show_default=True, type=click.Choice(["drop", "keep"]),
               help="Hy3's MTP layer: leave it out, or write it as a draft part in OUTPUT/mtp.")
 @click.option("--workers", default=1, show_default=True, help="Worker processes.")
+@click.option("--write-mode", default="direct", show_default=True,
+              type=click.Choice(["direct", "dropbehind", "buffered"]),
+              help="How rank files reach the disk: O_DIRECT, or page cache written back and dropped, or plain.")
+@click.option("--parallel-embedding", is_flag=True,
+              help="Split the vocabulary embedding's rows over the tp ranks (use_parallel_embedding) instead of "
+                   "replicating it on each: saves (tp-1)/tp of it per GPU.")
 @click.option("--ranks", default=None, help="Convert only these ranks, e.g. 0-3 (split a conversion over machines).")
 @click.option("--overwrite", is_flag=True, help="Replace whatever the output directory holds.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv_cache_dtype: str,
             calib_data: Path | None, calib_builtin: bool, calib_samples: int, calib_seq_len: int, calib_device: str,
-            scales_file: Path | None, save_scales: Path | None, mtp: str, workers: int, ranks: str | None,
-            overwrite: bool, quiet: bool, as_json: bool) -> None:
+            scales_file: Path | None, save_scales: Path | None, mtp: str, workers: int, write_mode: str,
+            parallel_embedding: bool, ranks: str | None, overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Convert MODEL to a TensorRT-LLM checkpoint (config.json + rank{N}.safetensors).
 
     Reads only the slices each rank needs, writes every rank file atomically, and resumes an interrupted
@@ -114,6 +120,7 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv
     \b
     Examples:
       hunyuan-trtllm convert ./Hunyuan-A13B-Instruct -o ckpt --tp 8 --ep 8 --workers 2
+      hunyuan-trtllm convert ./Hunyuan-A13B-Instruct -o ckpt --tp 8 --ep 8 --parallel-embedding
       hunyuan-trtllm convert tencent/Hunyuan-A13B-Instruct -o ckpt --tp 4 --ep 2 --pp 2
       hunyuan-trtllm convert ./Hunyuan-Large -o ckpt --tp 16 --ep 16 --ranks 0-7   # this machine's half
       hunyuan-trtllm convert ./Hunyuan-A13B-Instruct-FP8 -o ckpt --tp 4 --ep 4 --dtype fp8   # scales from the source
@@ -141,7 +148,8 @@ def convert(model: str, out_dir: Path, tp: int, ep: int, pp: int, dtype: str, kv
         with ByteProgress("convert", quiet or as_json) as bar:
             result = run_convert(model, out_dir, mapping, dtype=dtype, workers=workers,
                                  ranks=wanted, overwrite=overwrite, progress=bar.start,
-                                 scales=scales, kv_cache_fp8=kv_cache_dtype == "fp8", mtp=mtp)
+                                 scales=scales, kv_cache_fp8=kv_cache_dtype == "fp8", mtp=mtp,
+                                 write_mode=write_mode, parallel_embedding=parallel_embedding)
             speed = result.bytes_written / max(result.seconds, 1e-9) / GB
             bar.finish(speed * GB)
     except KeyboardInterrupt:

@@ -34,9 +34,12 @@ KIB = 1024
 @click.option("--free-gpu-memory-fraction", "free_fraction", type=float, default=DEFAULT_FREE_FRACTION,
               show_default=True, help="Share of the memory left after weights and workspace that goes to the KV "
                                       "cache (TensorRT-LLM's kv_cache_free_gpu_memory_fraction).")
+@click.option("--parallel-embedding", is_flag=True,
+              help="Plan the checkpoint of convert --parallel-embedding (1/tp of the embedding per GPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for programs instead of tables.")
 def plan(model: str | None, preset: str | None, gpu: str, gpus_per_node: int, nodes: int, dtype: str | None,
-         mtp: str, kv_cache_dtype: str | None, max_seq_len: int | None, free_fraction: float, as_json: bool) -> None:
+         mtp: str, kv_cache_dtype: str | None, max_seq_len: int | None, free_fraction: float, parallel_embedding: bool,
+         as_json: bool) -> None:
     """Plan a deployment before renting GPUs: for every TP/EP/PP layout on the given GPUs, does MODEL fit (and if
     not, which term overflows), how many sequences of --max-seq-len run at once, and the decode ceilings.
 
@@ -56,7 +59,7 @@ def plan(model: str | None, preset: str | None, gpu: str, gpus_per_node: int, no
     from hunyuan_trtllm.builder.planner import make_plan
 
     result = make_plan(model, preset, gpu, gpus_per_node, nodes, dtype, kv_cache_dtype, max_seq_len, free_fraction,
-                       mtp=mtp == "keep")
+                       mtp=mtp == "keep", parallel_embedding=parallel_embedding)
     if as_json:
         print_json(result)
         return
@@ -132,8 +135,14 @@ def print_recommendation(result: dict[str, Any]) -> None:
         stdout.print(f"[bold]recommended:[/] tp {best['tp']}, ep {best['moe_ep']}, pp {best['pp']} "
                      f"(convert --tp {best['tp']} --ep {best['moe_ep']} --pp {best['pp']}"
                      f"{' --dtype fp8' if result['dtype'] == 'fp8' else ''}"
-                     f"{' --kv-cache-dtype fp8' if result['kv_cache_dtype'] == 'fp8' else ''}): "
+                     f"{' --kv-cache-dtype fp8' if result['kv_cache_dtype'] == 'fp8' else ''}"
+                     f"{' --parallel-embedding' if best['parallel_embedding'] else ''}): "
                      f"{best['max_concurrent_sequences']:,} sequences of {result['max_seq_len']:,} tokens, "
                      f"at most {best['decode_tokens_per_s_batch1']:,.0f} tok/s per sequence at batch 1")
+        saved = best["parallel_embedding_saves_bytes_per_rank"]
+        if saved:
+            verb = "saves" if best["parallel_embedding"] else "would save"
+            stdout.print(f"--parallel-embedding {verb} {saved / GB:.2f} GB of weights on each first-stage GPU "
+                         "(the vocabulary embedding split over the tp ranks instead of replicated)")
     for note in result["notes"]:
         stdout.print(f"[yellow]note:[/] {note}")

@@ -89,9 +89,9 @@ class HunyuanConfig(PretrainedConfig):
         routing = self.hunyuan.get("routing") or {}
         if routing.get("scoring", "softmax") not in ("softmax", "sigmoid"):
             raise ConfigError(f"config.json: hunyuan.routing.scoring '{routing['scoring']}' is not softmax or sigmoid")
-        if self.use_parallel_embedding:
-            raise ConfigError("config.json: use_parallel_embedding must be false (the converter writes the whole "
-                              "vocabulary embedding on every rank)")
+        if self.use_parallel_embedding and self.embedding_sharding_dim != 0:
+            raise ConfigError("config.json: use_parallel_embedding needs embedding_sharding_dim 0 (convert "
+                              "--parallel-embedding splits the vocabulary rows over the tp ranks)")
         if self.attn_bias or self.mlp_bias:
             raise ConfigError("config.json: attn_bias/mlp_bias must be false (no Hunyuan release has biases)")
         expected_act = "swiglu" if self.moe.has_moe() else "silu"

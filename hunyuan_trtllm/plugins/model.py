@@ -136,7 +136,13 @@ class HunyuanModel(Module):
         super().__init__()
         self.mapping = config.mapping
         if self.mapping.is_first_pp_rank():
-            self.vocab_embedding = Embedding(config.vocab_size, config.hidden_size, dtype=config.dtype)
+            # use_parallel_embedding: ceil(V/tp) vocabulary rows per rank (sharding_dim 0), looked up and all-reduced
+            parallel = config.use_parallel_embedding and self.mapping.tp_size > 1
+            self.vocab_embedding = Embedding(config.vocab_size, config.hidden_size, dtype=config.dtype,
+                                             tp_size=self.mapping.tp_size if parallel else 1,
+                                             tp_group=self.mapping.tp_group if parallel else None,
+                                             sharding_dim=config.embedding_sharding_dim,
+                                             tp_rank=self.mapping.tp_rank)
         self.layers = HunyuanDecoderLayerList(config)
         if self.mapping.is_last_pp_rank():
             self.ln_f = RmsNorm(normalized_shape=config.hidden_size, eps=config.norm_epsilon, dtype=config.dtype)

@@ -67,6 +67,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+EMBEDDING = "transformer.vocab_embedding.weight"
+
+
 _REQUIRED = {"architecture": str, "dtype": str, "vocab_size": int, "num_hidden_layers": int,
              "num_attention_heads": int, "num_key_value_heads": int, "head_size": int, "norm_epsilon": (int, float),
              "rotary_base": (int, float)}
@@ -110,6 +113,7 @@ class ReferenceExecutor:
         self.qk_norm = cfg.get("qk_layernorm", False)
         self.moe = cfg.get("moe") or {}
         self.vocab = cfg["vocab_size"]
+        self.parallel_embedding = bool(cfg.get("use_parallel_embedding"))  # rows split over tp (sharding dim 0)
         self.kv_source = cfg.get("cla_kv_source_layer") or list(range(self.n_layers))
         extra = cfg.get("hunyuan") or {}
         self.norm_before_rope = extra.get("qk_norm_position") == "before_rope"
@@ -217,7 +221,18 @@ class ReferenceExecutor:
         """Hidden states ``[T, H]`` of ``input_ids`` and the RoPE tables of positions ``start..start+T-1``."""
         ids = torch.as_tensor(list(input_ids), dtype=torch.long)
         rope = rope_tables(torch.arange(start, start + len(ids)), self.d, self.base)
-        return F.embedding(ids, self.w(0, "transformer.vocab_embedding.weight")), rope  # [T, H]
+        if not self.parallel_embedding:
+            return F.embedding(ids, self.w(0, EMBEDDING)), rope  # [T, H]
+        # Vocab-parallel, as TensorRT-LLM's Embedding with sharding_dim 0: first-stage rank r holds rows
+        # r*rows..(r+1)*rows-1, looks up the ids in its range (zeros for the others), and the ranks all-reduce.
+        x = None
+        for rank in range(self.mapping.tp):
+            table = self.w(rank, EMBEDDING)
+            local = ids - rank * table.shape[0]
+            inside = (local >= 0) & (local < table.shape[0])
+            part = F.embedding(torch.where(inside, local, 0), table) * inside.unsqueeze(-1)
+            x = part if x is None else x + part
+        return x, rope
 
     def _decoder_layer(self, x, ranks, local, layer, cache, rope) -> torch.Tensor:
         prefix = f"transformer.layers.{local}."
