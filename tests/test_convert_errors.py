@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from hunyuan_trtllm.checkpoints import convert as convert_module
+from hunyuan_trtllm.checkpoints import rank_tasks
 from hunyuan_trtllm.checkpoints.convert import convert
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.source import open_source
@@ -127,7 +127,7 @@ def test_unknown_model(tmp_path):
 
 def test_interrupted_conversion_never_looks_complete_and_resumes(tiny_models, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real = convert_module.materialize
+    real = rank_tasks.materialize
     calls = {"n": 0}
     plan = WeightPlan.build(open_source(tiny_models["a13b"]).spec, Mapping(tp=2, moe_ep=2), torch.float32)
     rank0_tasks = sum(len(t.parts) if t.stacked else 1 for t in plan.ranks[0])
@@ -138,7 +138,7 @@ def test_interrupted_conversion_never_looks_complete_and_resumes(tiny_models, tm
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(convert_module, "materialize", crash_midway)
+    monkeypatch.setattr(rank_tasks, "materialize", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         convert(tiny_models["a13b"], out, Mapping(tp=2, moe_ep=2), dtype="float32")
     assert (out / "rank0.safetensors").is_file()
@@ -146,7 +146,7 @@ def test_interrupted_conversion_never_looks_complete_and_resumes(tiny_models, tm
     assert not (out / "config.json").exists()
     assert json.loads((out / "manifest.json").read_text())["complete"] is False
 
-    monkeypatch.setattr(convert_module, "materialize", real)
+    monkeypatch.setattr(rank_tasks, "materialize", real)
     result = convert(tiny_models["a13b"], out, Mapping(tp=2, moe_ep=2), dtype="float32")
     assert result.skipped_ranks == [0] and result.converted_ranks == [1] and result.complete
     assert not list(out.glob(".*.partial"))

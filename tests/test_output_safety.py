@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from hunyuan_trtllm.checkpoints import convert as convert_module
+from hunyuan_trtllm.checkpoints import rank_tasks
 from hunyuan_trtllm.checkpoints.convert import convert
 from hunyuan_trtllm.checkpoints.file_io import FileWriter
 from hunyuan_trtllm.checkpoints.mapping import Mapping
@@ -202,7 +202,7 @@ def test_resume_refuses_a_different_model_with_the_same_shapes(tiny_models, tmp_
     assert headers[0] == headers[1]  # only the weights differ
     out = tmp_path / "out"
     calls = {"n": 0}
-    real = convert_module.materialize
+    real = rank_tasks.materialize
 
     def crash(*args, **kwargs):
         calls["n"] += 1
@@ -210,10 +210,10 @@ def test_resume_refuses_a_different_model_with_the_same_shapes(tiny_models, tmp_
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(convert_module, "materialize", crash)
+    monkeypatch.setattr(rank_tasks, "materialize", crash)
     with pytest.raises(KeyboardInterrupt):
         convert(one, out, Mapping(tp=1), dtype="float32")
-    monkeypatch.setattr(convert_module, "materialize", real)
+    monkeypatch.setattr(rank_tasks, "materialize", real)
     with pytest.raises(UserError, match=r"different model \(.*model.safetensors differs"):
         convert(two, out, Mapping(tp=1), dtype="float32")
     assert convert(one, out, Mapping(tp=1), dtype="float32").complete  # the same model resumes

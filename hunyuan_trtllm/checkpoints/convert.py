@@ -24,14 +24,14 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from hunyuan_trtllm import __version__
-from hunyuan_trtllm.checkpoints.file_io import DEFAULT_WRITE_MODE, FileWriter, drop_range
+from hunyuan_trtllm.checkpoints.file_io import DEFAULT_WRITE_MODE
 from hunyuan_trtllm.checkpoints.fp8 import fp8_plan, quantization_config, source_scales
 from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
 from hunyuan_trtllm.checkpoints.mapping import Mapping
@@ -45,25 +45,20 @@ from hunyuan_trtllm.checkpoints.output_dir import (
     require_free_space,
 )
 from hunyuan_trtllm.checkpoints.param_counts import mtp_parameter_count
+from hunyuan_trtllm.checkpoints.rank_tasks import SourceReaders, rank_file, rank_layout, rank_tasks, run_tasks
 from hunyuan_trtllm.checkpoints.safetensors_io import (
-    FileLayout,
-    OutputEntry,
-    create_partial,
     finish_partial,
     partial_path,
-    plan_file,
     read_header,
     write_atomic,
 )
 from hunyuan_trtllm.checkpoints.source import Read, SourceCheckpoint, open_source
 from hunyuan_trtllm.checkpoints.trtllm_config import DTYPE_STRINGS, MTP_DIR, trtllm_config
 from hunyuan_trtllm.checkpoints.weight_plan import (
-    TensorPlan,
     WeightPlan,
     hf_shape,
     materialize,
 )
-from hunyuan_trtllm.checkpoints.worker_pool import run_in_workers
 from hunyuan_trtllm.errors import CheckpointError, UserError
 
 MANIFEST = "manifest.json"
@@ -81,10 +76,6 @@ class ConvertResult:
     bytes_written: int
     seconds: float
     notes: list[str] = field(default_factory=list)
-
-
-def rank_file(out_dir: Path, rank: int) -> Path:
-    return out_dir / f"rank{rank}.safetensors"
 
 
 def resolve_dtype(name: str, spec_dtype: str) -> torch.dtype:
@@ -169,18 +160,18 @@ def convert(
             todo = [r for r in wanted if r not in done]
             lock.lock_ranks(todo)
             manifest = _manifest_text(out_dir, src, plan)
-            layouts = {r: _rank_layout(plan, r) for r in todo}
+            layouts = {r: rank_layout(plan, r) for r in todo}
             require_free_space(out_dir, sum(lay.total_size for lay in layouts.values()) + 2 * len(manifest),
                                sum(_allocated(partial_path(rank_file(out_dir, r))) for r in todo))
         try:
             with lock.metadata():
                 write_atomic(out_dir / MANIFEST, manifest)
-            tasks = [task for r in todo for task in _rank_tasks(out_dir, plan, r, layouts[r])]
+            tasks = [task for r in todo for task in rank_tasks(out_dir, plan, r, layouts[r])]
             total = sum(t.nbytes for t in tasks)
             advance = progress(total, 0) if progress else None
             remaining = {r: sum(1 for t in tasks if t.rank == r) for r in todo}
-            readers = _SourceReaders(src, plan, tasks)
-            for task in _run(src.path, plan, out_dir, tasks, workers, write_mode):
+            readers = SourceReaders(src, plan, tasks)
+            for task in run_tasks(src.path, plan, out_dir, tasks, workers, write_mode):
                 if advance:
                     advance(task.nbytes)
                 readers.done(task)
@@ -221,9 +212,9 @@ def _write_mtp_part(src: SourceCheckpoint, mtp_dir: Path, mapping: Mapping, dtyp
     shutil.rmtree(mtp_dir, ignore_errors=True)  # one layer: an interrupted part is rewritten, never resumed
     mtp_dir.mkdir()
     tasks = [task for r in range(plan.mapping.world_size)
-             for task in _rank_tasks(mtp_dir, plan, r, _rank_layout(plan, r))]
+             for task in rank_tasks(mtp_dir, plan, r, rank_layout(plan, r))]
     remaining = {r: sum(1 for t in tasks if t.rank == r) for r in range(plan.mapping.world_size)}
-    for task in _run(src.path, plan, mtp_dir, tasks, workers, write_mode):
+    for task in run_tasks(src.path, plan, mtp_dir, tasks, workers, write_mode):
         remaining[task.rank] -= 1
         if remaining[task.rank] == 0:
             finish_partial(rank_file(mtp_dir, task.rank))
@@ -367,109 +358,3 @@ def _manifest_text(out_dir: Path, src: SourceCheckpoint, plan: WeightPlan) -> st
         "plan": plan.to_json(),
     }
     return json.dumps(manifest, indent=1) + "\n"
-
-
-# ---- tasks and workers ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Task:
-    """Write one tensor (or one expert of a stacked tensor) of one rank at an absolute file offset."""
-
-    rank: int
-    tensor: int
-    part: int | None
-    offset: int
-    nbytes: int
-
-
-def _rank_layout(plan: WeightPlan, rank: int) -> FileLayout:
-    return plan_file([OutputEntry(t.name, t.dtype, t.shape) for t in plan.ranks[rank]])
-
-
-def _rank_tasks(out_dir: Path, plan: WeightPlan, rank: int, layout: FileLayout) -> list[_Task]:
-    tensors = plan.ranks[rank]
-    create_partial(rank_file(out_dir, rank), layout)
-    tasks = []
-    for index, t in enumerate(tensors):
-        base = layout.offset(t.name)
-        if t.stacked:  # one task per expert: memory holds one expert, not all of them
-            per_part = t.nbytes // len(t.parts)
-            tasks += [_Task(rank, index, p, base + p * per_part, per_part) for p in range(len(t.parts))]
-        else:
-            tasks.append(_Task(rank, index, None, base, t.nbytes))
-    return tasks
-
-
-_WORKER: dict[str, object] = {}
-
-
-class _SourceReaders:
-    """Counts the tasks still to read each stored source tensor; once none is left, its byte range is dropped from
-    the page cache, so a conversion larger than RAM does not evict everything else (the tensors that several ranks
-    read, such as a replicated embedding, stay until the last of them is written)."""
-
-    def __init__(self, src: SourceCheckpoint, plan: WeightPlan, tasks: list[_Task]):
-        self.src = src
-        self.stored: dict[tuple[int, int | None], list[str]] = {}
-        self.pending: dict[str, int] = {}
-        for task in tasks:
-            t = plan.ranks[task.rank][task.tensor]
-            parts = t.parts if task.part is None else (t.parts[task.part],)
-            names = {p.name for reads in parts for read in reads for p in src.resolve(read)}
-            self.stored[(task.rank, task.offset)] = sorted(names)
-            for name in names:
-                self.pending[name] = self.pending.get(name, 0) + 1
-
-    def done(self, task: _Task) -> None:
-        for name in self.stored.pop((task.rank, task.offset), []):
-            self.pending[name] -= 1
-            if self.pending[name] == 0:
-                file, info = self.src.tensors[name]
-                fd = self.src.fd(file)
-                drop_range(fd, self.src.headers[file].data_start + info.begin, info.nbytes)
-
-
-def _init_worker(model_dir: Path, plan: WeightPlan, out_dir: Path, write_mode: str) -> None:
-    torch.set_num_threads(1)
-    _WORKER.update(src=SourceCheckpoint(model_dir), plan=plan, out=out_dir, writers={}, mode=write_mode)
-
-
-def _do_task(task: _Task) -> _Task:
-    src: SourceCheckpoint = _WORKER["src"]  # type: ignore[assignment]
-    plan: WeightPlan = _WORKER["plan"]  # type: ignore[assignment]
-    writers: dict[int, FileWriter] = _WORKER["writers"]  # type: ignore[assignment]
-    if task.rank not in writers:
-        path = partial_path(rank_file(_WORKER["out"], task.rank))  # type: ignore[arg-type]
-        writers[task.rank] = FileWriter(path, _WORKER["mode"])  # type: ignore[arg-type]
-    tensor_plan: TensorPlan = plan.ranks[task.rank][task.tensor]
-    tensor = materialize(tensor_plan, src.read, task.part, src.read_e4m3 if src.fp8 else None)
-    if tensor.numel() * tensor.element_size() != task.nbytes:
-        raise CheckpointError(f"{tensor_plan.name}: built {tuple(tensor.shape)}, planned {tensor_plan.shape}")
-    writers[task.rank].write(task.offset, tensor)
-    return task
-
-
-def _close_worker_files() -> None:
-    for writer in _WORKER.pop("writers", {}).values():  # type: ignore[union-attr]
-        writer.close()
-    src = _WORKER.pop("src", None)
-    if src is not None:
-        src.close()  # type: ignore[attr-defined]
-
-
-def _run(model_dir: Path, plan: WeightPlan, out_dir: Path, tasks: list[_Task], workers: int,
-         write_mode: str = DEFAULT_WRITE_MODE) -> Iterator[_Task]:
-    """Run tasks in this process (workers=1) or in a pool of worker processes, yielding each as it finishes."""
-    if not tasks:
-        return
-    if workers <= 1:
-        _init_worker(model_dir, plan, out_dir, write_mode)
-        try:
-            for task in sorted(tasks, key=lambda t: (t.rank, t.offset)):
-                yield _do_task(task)
-        finally:
-            _close_worker_files()
-        return
-    ordered = sorted(tasks, key=lambda t: -t.nbytes)
-    yield from run_in_workers(workers, _do_task, ordered, _init_worker, (model_dir, plan, out_dir, write_mode))
