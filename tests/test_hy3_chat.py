@@ -17,7 +17,7 @@ from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.synth.checkpoint import synth_config
 from hunyuan_trtllm.synth.hy3_tokenizer import write_hy3_tokenizer_files
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", reason="transformers (the test extra) renders the reference prompts")
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather forecast for a city",

@@ -336,7 +336,7 @@ def test_metrics_count_every_status_and_time_the_first_token(served, tiny_models
 def test_xgrammar_tokenizer_info_for_the_cpp_backend_is_lossless(tmp_path):
     """The engine repository's xgrammar_tokenizer_info.json (read by TensorRT-LLM's C++ backend): byte-level spelled
     tokens + a ByteLevel tokenizer_str constrain exactly like the raw token bytes, for the real hy.tiktoken."""
-    xgr = pytest.importorskip("xgrammar")
+    xgr = pytest.importorskip("xgrammar", reason="xgrammar (guided decoding on CPU) is not installed")
     from hunyuan_trtllm.serve.guided import xgrammar_tokenizer_info
     from tests.conftest import SHARED
 
