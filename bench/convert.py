@@ -73,7 +73,8 @@ if variant == "copy":
 elif variant.startswith("naive"):
     from safetensors.torch import load_file, save_file
     from hunyuan_trtllm.checkpoints.source import open_source
-    from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, materialize
+    from hunyuan_trtllm.checkpoints.rank_tasks import materialize
+    from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan
     spec = open_source(src).spec
     tensors = {}
     for path in sorted(src.glob("*.safetensors")):

@@ -252,8 +252,9 @@ def test_fp8_source_bytes_requantized_without_dequantizing_are_bit_identical(tmp
     """The converter requantizes an FP8 source from its e4m3 bytes (kept as they are where the scale is unchanged,
     e.g. o_proj; rescaled where parts merge, e.g. q/k/v): every tensor equals dequantize-in-float32-then-quantize."""
     from hunyuan_trtllm.checkpoints.fp8 import fp8_plan, source_scales
+    from hunyuan_trtllm.checkpoints.rank_tasks import materialize
     from hunyuan_trtllm.checkpoints.source import Read
-    from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, materialize
+    from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan
     from hunyuan_trtllm.synth.fp8 import synth_fp8_checkpoint
 
     model = synth_fp8_checkpoint(tmp_path / "a13b-fp8", "a13b", min_router_gap=0.0)

@@ -45,7 +45,14 @@ from hunyuan_trtllm.checkpoints.output_dir import (
     require_free_space,
 )
 from hunyuan_trtllm.checkpoints.param_counts import mtp_parameter_count
-from hunyuan_trtllm.checkpoints.rank_tasks import SourceReaders, rank_file, rank_layout, rank_tasks, run_tasks
+from hunyuan_trtllm.checkpoints.rank_tasks import (
+    SourceReaders,
+    materialize,
+    rank_file,
+    rank_layout,
+    rank_tasks,
+    run_tasks,
+)
 from hunyuan_trtllm.checkpoints.safetensors_io import (
     finish_partial,
     partial_path,
@@ -54,11 +61,7 @@ from hunyuan_trtllm.checkpoints.safetensors_io import (
 )
 from hunyuan_trtllm.checkpoints.source import Read, SourceCheckpoint, open_source
 from hunyuan_trtllm.checkpoints.trtllm_config import DTYPE_STRINGS, MTP_DIR, trtllm_config
-from hunyuan_trtllm.checkpoints.weight_plan import (
-    WeightPlan,
-    hf_shape,
-    materialize,
-)
+from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, hf_shape
 from hunyuan_trtllm.errors import CheckpointError, UserError
 
 MANIFEST = "manifest.json"

@@ -9,16 +9,17 @@ tensor's pages from the page cache once the last task that reads it is done.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from hunyuan_trtllm.checkpoints.file_io import DEFAULT_WRITE_MODE, FileWriter, drop_range
+from hunyuan_trtllm.checkpoints.fp8_scales import quantize_e4m3, requantize_e4m3
 from hunyuan_trtllm.checkpoints.safetensors_io import FileLayout, OutputEntry, create_partial, partial_path, plan_file
-from hunyuan_trtllm.checkpoints.source import SourceCheckpoint
-from hunyuan_trtllm.checkpoints.weight_plan import TensorPlan, WeightPlan, materialize
+from hunyuan_trtllm.checkpoints.source import Read, SourceCheckpoint
+from hunyuan_trtllm.checkpoints.weight_plan import CLA_QUERY_NORM, TensorPlan, WeightPlan
 from hunyuan_trtllm.checkpoints.worker_pool import run_in_workers
 from hunyuan_trtllm.errors import CheckpointError
 
@@ -54,6 +55,50 @@ def rank_tasks(out_dir: Path, plan: WeightPlan, rank: int, layout: FileLayout) -
         else:
             tasks.append(Task(rank, index, None, base, t.nbytes))
     return tasks
+
+
+def materialize(plan: TensorPlan, read: Callable[[Read], torch.Tensor], part: int | None = None,
+                read_e4m3: Callable[[Read], tuple[torch.Tensor, float] | None] | None = None) -> torch.Tensor:
+    """Build a planned tensor (or, for stacked tensors, one of its parts) from source reads.
+
+    Everything is computed in the source precision (or float32 for combined tensors) and cast once at the end.
+    ``read_e4m3`` (FP8 sources): FP8 parts whose sources are stored in e4m3 are requantized from the stored bytes,
+    kept as they are where the scale does not change; the result is bit-identical to dequantizing first.
+    """
+    if plan.constant is not None:
+        return torch.tensor(plan.constant, dtype=plan.dtype).reshape(plan.shape)
+    parts = plan.parts if part is None else (plan.parts[part],)
+    scales = None if plan.fp8_scales is None else plan.fp8_scales if part is None else (plan.fp8_scales[part],)
+    built = []
+    for index, reads in enumerate(parts):
+        if scales is not None and read_e4m3 is not None and reads and plan.combine is None:
+            stored = [read_e4m3(r) for r in reads]
+            if all(s is not None for s in stored):
+                scale = scales[index if len(scales) > 1 else 0]
+                pieces = [requantize_e4m3(q, s, scale) for q, s in stored]  # type: ignore[misc]
+                built.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=plan.concat_dim))
+                continue
+        pieces = [read(r) for r in reads]
+        if plan.combine == CLA_QUERY_NORM:
+            q_norm, k_norm, k_norm_producer = (p.float() for p in pieces)
+            if bool((k_norm_producer == 0).any()):
+                raise CheckpointError(
+                    f"{reads[2].name}: a zero entry; the CLA key-norm fold (q_norm * k_norm / k_norm_producer) "
+                    "would divide by zero"
+                )
+            built.append(q_norm * k_norm / k_norm_producer)
+        elif not pieces:
+            built.append(torch.empty((0, *plan.shape[1:]), dtype=plan.dtype))
+        else:
+            built.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=plan.concat_dim))
+    if scales is not None:  # quantize each part with its own scale (one per expert when stacked)
+        built = [b if b.dtype == torch.float8_e4m3fn else quantize_e4m3(b, scales[i if len(scales) > 1 else 0])
+                 for i, b in enumerate(built)]
+    tensor = torch.stack(built) if plan.stacked and part is None else built[0]
+    if plan.pad_rows:
+        pad = torch.zeros((plan.pad_rows, *tensor.shape[1:]), dtype=tensor.dtype)
+        tensor = torch.cat([tensor.to(plan.dtype), pad.to(plan.dtype)])
+    return tensor.to(plan.dtype).contiguous()
 
 
 _WORKER: dict[str, object] = {}
