@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hunyuan_trtllm.checkpoints.hy3_template import Hy3Tokens, resolve_effort
-from hunyuan_trtllm.serve.output import Delta
+from hunyuan_trtllm.serve.output import Delta, TagStreamParser
 
 
 @dataclass
@@ -86,10 +86,11 @@ def typed_value(text: str, schema: dict[str, Any] | None) -> Any:
     return text
 
 
-class Hy3StreamingParser:
+class Hy3StreamingParser(TagStreamParser):
     """Incremental Hy3 parsing: feed text to :meth:`push`, then call :meth:`finish` once (both give deltas)."""
 
     def __init__(self, tokens: Hy3Tokens, reasoning_effort: str, tools: list[dict[str, Any]] | None = None):
+        super().__init__()
         self._think_open, self._think_close = tokens.tag("think"), tokens.tag("think", close=True)
         self._calls_open, self._calls_close = tokens.tag("tool_calls"), tokens.tag("tool_calls", close=True)
         self._call_open, self._call_close = tokens.tag("tool_call"), tokens.tag("tool_call", close=True)
@@ -100,31 +101,6 @@ class Hy3StreamingParser:
         self._pair = re.compile(rf"\s*{key}(?P<key>.*?){key_end}\s*{value}(?P<value>.*?){value_end}", re.S)
         self._schemas = _schemas(tools)
         self._state = "think_start" if reasoning_effort != "no_think" else "content"
-        self._buffer = ""
-        self._out: list[Delta] = []
-
-    def push(self, text: str) -> list[Delta]:
-        """Deltas that ``text`` makes certain (none while a tag may be forming)."""
-        self._buffer += text
-        return self._run(final=False)
-
-    def finish(self) -> list[Delta]:
-        """Deltas for whatever was held back at the end of the output."""
-        return self._run(final=True)
-
-    def _run(self, final: bool) -> list[Delta]:
-        while self._step(final):
-            pass
-        out, self._out = self._out, []
-        return out
-
-    def _emit(self, kind: str, text: str) -> None:
-        if not text:
-            return
-        if self._out and getattr(self._out[-1], kind) is not None:
-            self._out[-1] = Delta(**{kind: getattr(self._out[-1], kind) + text})
-        else:
-            self._out.append(Delta(**{kind: text}))
 
     def _step(self, final: bool) -> bool:
         if self._state == "think_start":

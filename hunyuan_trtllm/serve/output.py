@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,15 +94,12 @@ def _held_suffix(text: str, markers: tuple[str, ...]) -> int:
     return 0
 
 
-class StreamingOutputParser:
-    """Incremental :func:`parse_output`: feed text deltas to :meth:`push`, then call :meth:`finish` once."""
+class TagStreamParser(ABC):
+    """A streaming parser over tag-delimited text: :meth:`push` text deltas, then :meth:`finish` once; subclasses
+    define ``_step(final)``, which consumes ``_buffer`` as far as it is certain and emits deltas into ``_out``."""
 
     def __init__(self) -> None:
-        """Start before any output."""
-        self._state = "start"
         self._buffer = ""
-        self._strip_newline = False
-        self._after_tools = "answer"
         self._out: list[Delta] = []
 
     def push(self, text: str) -> list[Delta]:
@@ -112,6 +110,10 @@ class StreamingOutputParser:
     def finish(self) -> list[Delta]:
         """Deltas for whatever was held back; the end of the output decides the open questions."""
         return self._run(final=True)
+
+    @abstractmethod
+    def _step(self, final: bool) -> bool:
+        """Consume what is certain of ``_buffer``; True to be called again."""
 
     def _run(self, final: bool) -> list[Delta]:
         while self._step(final):
@@ -127,6 +129,17 @@ class StreamingOutputParser:
             self._out[-1] = Delta(**{kind: getattr(self._out[-1], kind) + text})
         else:
             self._out.append(Delta(**{kind: text}))
+
+
+class StreamingOutputParser(TagStreamParser):
+    """Incremental :func:`parse_output`: feed text deltas to :meth:`push`, then call :meth:`finish` once."""
+
+    def __init__(self) -> None:
+        """Start before any output."""
+        super().__init__()
+        self._state = "start"
+        self._strip_newline = False
+        self._after_tools = "answer"
 
     def _enter(self, state: str, strip_newline: bool = False) -> None:
         self._state = state
