@@ -152,15 +152,19 @@ def test_finished_steps_are_skipped(tmp_path):
     assert run_script(unless_done(str(done), ["hunyuan-trtllm", "build"]), env, record) == []
 
 
-def test_trtllm_serve_backend_probes_health_and_has_no_scrape_annotations(tmp_path):
+def test_trtllm_serve_backend_runs_our_endpoint_in_front(tmp_path):
     deployment = manifests(deploy(tmp_path, "k8s", str(A13B_FP8), "--backend", "trtllm-serve"))["Deployment"]
     [serve] = pod_of(deployment)["containers"]
-    assert serve["command"][:5] == ["hunyuan-trtllm", "serve", serve["command"][2], "--with", "trtllm-serve"]
-    assert ["--host", "0.0.0.0"] == serve["command"][5:7]
+    command = serve["command"]
+    assert command[:5] == ["hunyuan-trtllm", "serve", command[2], "--with", "trtllm-serve"]
+    # the endpoint listens on the pod network; trtllm-serve behind it on the pod's loopback, port 8001
+    assert command[command.index("--host") + 1] == "0.0.0.0" and command[command.index("--port") + 1] == "8000"
+    assert command[command.index("--trtllm-port") + 1] == "8001"
     assert {serve[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe", "startupProbe")} == {"/health"}
     assert [p["containerPort"] for p in serve["ports"]] == [8000]
     assert "TRTLLM_ORCHESTRATOR" not in env_of(serve)
-    assert not deployment["spec"]["template"]["metadata"]["annotations"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]  # our /metrics, scraped
+    assert annotations["prometheus.io/port"] == "8000" and annotations["prometheus.io/path"] == "/metrics"
 
 
 def test_bf16_model_needs_calibration_for_fp8(tmp_path):
@@ -243,11 +247,19 @@ def test_two_node_trtllm_serve_uses_trtllm_llmapi_launch(tmp_path):
                            "--backend", "trtllm-serve"))["LeaderWorkerSet"]
     leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
     record = tmp_path / "calls.jsonl"
-    env = fake_bin(tmp_path, record, "kubectl", "mpirun") | {"POD_NAME": "hy-0"}
-    mpirun = run_script(leader["spec"]["containers"][0]["command"], env, record)[-1]
+    env = fake_bin(tmp_path, record, "kubectl", "hunyuan-trtllm", "mpirun") | {"POD_NAME": "hy-0"}
+    calls = run_script(leader["spec"]["containers"][0]["command"], env, record, status=1)
+    mpirun = next(call for call in calls if call[0] == "mpirun")
+    # our OpenAI endpoint on the pod network in front of rank 0's trtllm-serve on the leader's loopback
+    endpoint = next(c for c in calls if c[:2] == ["hunyuan-trtllm", "serve"])
+    assert endpoint[endpoint.index("--with") + 1] == "trtllm-serve"
+    assert endpoint[endpoint.index("--trtllm-url") + 1] == "http://127.0.0.1:8001"
+    assert endpoint[endpoint.index("--host") + 1:endpoint.index("--host") + 4] == ["0.0.0.0", "--port", "8000"]
     start = mpirun.index("-n")
     assert mpirun[start:start + 4] == ["-n", "16", "trtllm-llmapi-launch", "trtllm-serve"]
     assert mpirun[mpirun.index("--custom_module_dirs") + 1] == str(engine_plugin_dir())  # registers Hunyuan
+    serve = mpirun[mpirun.index("trtllm-serve"):]
+    assert serve[serve.index("--host") + 1:serve.index("--host") + 4] == ["127.0.0.1", "--port", "8001"]
     assert leader["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/health"
 
 

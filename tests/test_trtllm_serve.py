@@ -57,7 +57,9 @@ def test_engine_dir_uses_tensorrt_backend(tmp_path):
     target = detect_target(engines)
     assert target.backend == "tensorrt"
     assert llm_api_options(target, ServeOptions()) == {
-        "kv_cache_config": {"free_gpu_memory_fraction": 0.9, "enable_block_reuse": True}}
+        "kv_cache_config": {"free_gpu_memory_fraction": 0.9, "enable_block_reuse": True},
+        "guided_decoding_backend": "xgrammar"}  # response_format / forced tool calls through TensorRT-LLM
+    assert "guided_decoding_backend" not in llm_api_options(target, ServeOptions(guided_decoding=False))
     command = trtllm_serve_command(target, ServeOptions(), tmp_path / "x.yaml")
     assert "--tp_size" not in command and command[command.index("--tokenizer") + 1] == str(engines)
 

@@ -105,6 +105,15 @@ def triton_repo(source: Path, out: Path, flavor: str, tokenizer: Path | None, ma
 @click.option("--triton-grpc", default=None, metavar="HOST:PORT",
               help="--with triton: front a Triton that is already running (e.g. a multi-node rank 0) instead of "
                    "starting one.")
+@click.option("--trtllm-port", default=8001, show_default=True,
+              help="--with trtllm-serve: the port trtllm-serve listens on, on 127.0.0.1 (the OpenAI endpoint on "
+                   "--port fronts it).")
+@click.option("--trtllm-url", default=None, metavar="URL",
+              help="--with trtllm-serve: front a trtllm-serve that is already running (e.g. a multi-node rank 0, "
+                   "http://127.0.0.1:8001) instead of starting one.")
+@click.option("--guided-decoding/--no-guided-decoding", default=True, show_default=True,
+              help="--with trtllm-serve: run TensorRT-LLM's xgrammar guided decoding (response_format, forced tool "
+                   "calls); without it those fields get a 400.")
 @click.option("--ready-timeout", default=1800.0, show_default=True, help="Seconds to wait for the server.")
 @click.option("--max-request-mb", default=32.0, show_default=True,
               help="OpenAI endpoint: larger request bodies get a 413.")
@@ -113,14 +122,15 @@ def triton_repo(source: Path, out: Path, flavor: str, tokenizer: Path | None, ma
 def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_name: str | None,
           tokenizer: Path | None, tp: int, ep: int, pp: int, max_batch_size: int, max_num_tokens: int,
           max_seq_len: int | None, kv_cache_dtype: str, attention_dp: str, trust_remote_code: bool,
-          triton_port: int, triton_grpc: str | None, ready_timeout: float, max_request_mb: float,
-          template_timeout: float) -> None:
+          triton_port: int, triton_grpc: str | None, trtllm_port: int, trtllm_url: str | None,
+          guided_decoding: bool, ready_timeout: float, max_request_mb: float, template_timeout: float) -> None:
     """Serve SOURCE (engines, a converted checkpoint or an HF model) behind an OpenAI-compatible endpoint.
 
     \b
     Examples:
       hunyuan-trtllm serve ./Hunyuan-A13B-Instruct --tp 8 --ep 8            # trtllm-serve, PyTorch backend
       hunyuan-trtllm serve engines/ --with trtllm-serve                     # TensorRT backend (1.2.1)
+      hunyuan-trtllm serve engines/ --trtllm-url http://127.0.0.1:8001      # front a running trtllm-serve
       hunyuan-trtllm serve engines/ --with triton --tokenizer ./Hunyuan-A13B-Instruct   # OpenAI on :8000
       hunyuan-trtllm serve ckpt/ --dry-run --port 8000                      # CPU, real Triton, no GPU
     """
@@ -128,8 +138,14 @@ def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_
     from hunyuan_trtllm.serve.launch import check_listen
     from hunyuan_trtllm.serve.trtllm_serve import ServeOptions
 
-    fronted = dry_run or runner == "trtllm-serve" or triton_grpc is not None  # no Triton of ours to bind
-    check_listen(host, [port] if fronted else [port, *(triton_port + i for i in range(3))])
+    if dry_run or (runner == "triton" and triton_grpc is not None):  # no server of ours behind the endpoint
+        check_listen(host, [port])
+    elif runner == "triton":
+        check_listen(host, [port, *(triton_port + i for i in range(3))])
+    else:
+        check_listen(host, [port])
+        if trtllm_url is None:
+            check_listen("127.0.0.1", [trtllm_port])
     if max_request_mb <= 0 or template_timeout <= 0:
         raise UserError("--max-request-mb and --template-timeout must be positive")
     limits = ServerLimits(max_body_bytes=int(max_request_mb * 2**20), template_timeout_s=template_timeout)
@@ -144,9 +160,12 @@ def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_
         options = ServeOptions(host=host, port=port, tp=tp, ep=ep, pp=pp, max_batch_size=max_batch_size,
                                max_num_tokens=max_num_tokens, max_seq_len=max_seq_len,
                                kv_cache_dtype=kv_cache_dtype, attention_dp=attention_dp,
-                               trust_remote_code=trust_remote_code)
+                               trust_remote_code=trust_remote_code, guided_decoding=guided_decoding)
+        kind = _kind(source)
+        own = source / "tokenizer" if kind == "engine" and (source / "tokenizer").is_dir() else source
         with tempfile.TemporaryDirectory(prefix="hunyuan-trtllm-serve-") as work:
-            run_trtllm_serve(source, options, Path(work), ready_timeout)
+            run_trtllm_serve(source, options, Path(work), ready_timeout, tokenizer or own, name, trtllm_port,
+                             trtllm_url, limits)
         return
     from hunyuan_trtllm.serve.launch import run_system_triton, run_triton_with_endpoint
     from hunyuan_trtllm.serve.repository import RepoOptions, write_triton_repo

@@ -12,11 +12,10 @@ restarts the whole world.
 
 Files (apply in order with ``kubectl apply -f DIR``): ``00-pvc.yaml``, ``10-rbac.yaml`` (several nodes: the
 leader's ``kubectl exec``), ``20-deployment.yaml`` or ``20-leaderworkerset.yaml``, ``30-service.yaml`` (the
-leader only). The OpenAI API is port ``http`` (8000): with Triton, our endpoint in front of it (its ``/health``
-is ready once the model is; probes use it), Triton's own HTTP/gRPC/metrics being 8001-8003. The Prometheus scrape
-annotations point at the endpoint's ``/metrics`` (requests by status, latency and time-to-first-token histograms,
-tokens); Triton's metrics stay on port ``metrics``. trtllm-serve has no Prometheus endpoint by default (its
-``/metrics`` is JSON), so it gets none.
+leader only). The OpenAI API is port ``http`` (8000): our endpoint, in front of Triton (whose own HTTP/gRPC/metrics
+are 8001-8003) or of trtllm-serve (on the pod's loopback); its ``/health`` is ready once the model is, and the
+probes use it. The Prometheus scrape annotations point at the endpoint's ``/metrics`` (requests by status, latency
+and time-to-first-token histograms, tokens); Triton's metrics stay on port ``metrics``.
 """
 
 from __future__ import annotations
@@ -51,8 +50,6 @@ def _annotations(spec: d.DeploySpec) -> dict[str, str]:
 
 
 def _scrape_annotations(spec: d.DeploySpec) -> dict[str, str]:
-    if spec.options.backend != "triton":
-        return {}
     return {"prometheus.io/scrape": "true", "prometheus.io/port": str(d.HTTP_PORT),
             "prometheus.io/path": "/metrics"}
 

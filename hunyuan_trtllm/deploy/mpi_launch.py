@@ -12,14 +12,23 @@ own from ``$POD_NAME``, set from the pod's metadata.name).
   rank 0 serves HTTP/gRPC/metrics (8001-8003) and the whole repository, the other ranks load only
   ``tensorrt_llm``; the leader runs ``mpirun`` in the background and our OpenAI endpoint on 8000 in front of rank
   0's gRPC (``serve --with triton --triton-grpc``), exiting (non-zero, so the group restarts) when either stops.
-- ``trtllm-serve``: ``trtllm-llmapi-launch trtllm-serve`` on every rank; rank 0 runs the OpenAI server.
+- ``trtllm-serve``: ``trtllm-llmapi-launch trtllm-serve`` on every rank; rank 0 runs the server, on the leader's
+  loopback (8001), and the leader runs our OpenAI endpoint on 8000 in front of it
+  (``serve --with trtllm-serve --trtllm-url``), exiting likewise when either stops.
 """
 
 from __future__ import annotations
 
 import shlex
 
-from hunyuan_trtllm.deploy.spec import GRPC_PORT, HTTP_PORT, METRICS_PORT, TRITON_HTTP_PORT, DeploySpec
+from hunyuan_trtllm.deploy.spec import (
+    GRPC_PORT,
+    HTTP_PORT,
+    METRICS_PORT,
+    TRITON_HTTP_PORT,
+    TRTLLM_SERVE_PORT,
+    DeploySpec,
+)
 
 WAIT_SECONDS = 600  # per `kubectl wait` attempt; the leader's startupProbe bounds the whole start
 
@@ -70,7 +79,7 @@ def rank_programs(spec: DeploySpec) -> str:
             return server
         return f"{server} : -n {spec.world_size - 1} {_words(tritonserver_rank(1))}"
     serve = ["trtllm-llmapi-launch", "trtllm-serve", "$ENGINE", "--backend", "tensorrt", "--tokenizer",
-             "$ENGINE/tokenizer", "--host", "0.0.0.0", "--port", str(HTTP_PORT),
+             "$ENGINE/tokenizer", "--host", "127.0.0.1", "--port", str(TRTLLM_SERVE_PORT),
              "--custom_module_dirs", ENGINE_PLUGIN_DIR]  # registers the Hunyuan architectures (trtllm_serve.py)
     return f"-n {spec.world_size} {_words(serve)}"
 
@@ -88,12 +97,11 @@ def leader_script(spec: DeploySpec) -> str:
                              "--tokenizer", "$ENGINE/tokenizer", "--overwrite"]))
     mpirun = (f"mpirun --allow-run-as-root --bind-to none --mca plm_rsh_agent kubessh "
               f"--host {mpi_hosts(spec)} {rank_programs(spec)}")
-    if not triton:
-        lines.append(f"exec {mpirun}")
-        return "\n".join(lines) + "\n"
-    endpoint = ["hunyuan-trtllm", "serve", "$ENGINE", "--with", "triton", "--tokenizer", "$ENGINE/tokenizer",
-                "--triton-grpc", f"127.0.0.1:{GRPC_PORT}", "--host", "0.0.0.0", "--port", str(HTTP_PORT),
-                "--ready-timeout", str(spec.options.startup_timeout_s)]
+    behind = (["--with", "triton", "--triton-grpc", f"127.0.0.1:{GRPC_PORT}"] if triton else
+              ["--with", "trtllm-serve", "--trtllm-url", f"http://127.0.0.1:{TRTLLM_SERVE_PORT}",
+               "--no-guided-decoding"])  # the ranks run without an LLM-API YAML, so without xgrammar
+    endpoint = ["hunyuan-trtllm", "serve", "$ENGINE", *behind, "--tokenizer", "$ENGINE/tokenizer",
+                "--host", "0.0.0.0", "--port", str(HTTP_PORT), "--ready-timeout", str(spec.options.startup_timeout_s)]
     lines += [f"{mpirun} &", "MPI=$!", f"{_words(endpoint)} &", "API=$!",
               "trap 'kill $MPI $API 2>/dev/null' TERM INT",
               "while kill -0 $MPI 2>/dev/null && kill -0 $API 2>/dev/null; do sleep 5; done",

@@ -11,9 +11,10 @@ turn it into files. Every container runs this project's own commands, in this or
 4. ``hunyuan-trtllm serve ENGINE --with triton|trtllm-serve`` on one node, or on several nodes an MPI world of
    tp x pp ranks started by the leader (:mod:`hunyuan_trtllm.deploy.mpi_launch`).
 
-Ports: 8000 is the OpenAI API on both backends. With Triton it is our Hunyuan-aware endpoint (reasoning and
-tool-call parsing, the model's chat template; its ``/health`` answers 200 only once the model is ready, its
-``/metrics`` has the request metrics) in front of Triton, whose own HTTP, gRPC and metrics ports are 8001-8003.
+Ports: 8000 is the OpenAI API on both backends: our Hunyuan-aware endpoint (reasoning and tool-call parsing, the
+model's chat template; its ``/health`` answers 200 only once the model is ready, its ``/metrics`` has the request
+metrics) in front of Triton, whose own HTTP, gRPC and metrics ports are 8001-8003, or in front of trtllm-serve,
+which listens on the container's loopback (8001) only.
 
 The directories carry the layout in their names, so changing the plan never reuses a stale checkpoint or engine.
 """
@@ -44,8 +45,9 @@ HF_HOME = f"{CACHE_DIR}/huggingface"
 MODELS_DIR = f"{CACHE_DIR}/models"
 HOST_MODELS_DIR = "/models"  # compose: a host model directory, mounted read-only
 ENGINES_DIR = "/engines"  # volume: converted checkpoints, engines, generated Triton repositories
-HTTP_PORT = 8000  # the OpenAI endpoint (ours in front of Triton, or trtllm-serve's)
-TRITON_HTTP_PORT, GRPC_PORT, METRICS_PORT = 8001, 8002, 8003  # Triton behind the endpoint (trtllm-serve: none)
+HTTP_PORT = 8000  # the OpenAI endpoint: ours, in front of Triton or of trtllm-serve
+TRITON_HTTP_PORT, GRPC_PORT, METRICS_PORT = 8001, 8002, 8003  # Triton behind the endpoint
+TRTLLM_SERVE_PORT = 8001  # trtllm-serve behind the endpoint, on the container's loopback only
 BACKENDS = ("triton", "trtllm-serve")
 FP8_SCALES = ("auto", "source", "calibrate")
 MAX_DEFAULT_BATCH = 256
@@ -264,8 +266,9 @@ def unless_done(output_dir: str, command: list[str]) -> list[str]:
 
 
 def serve_command(spec: DeploySpec) -> list[str]:
-    """The single-node server: ``hunyuan-trtllm serve`` on the engines (Triton: the OpenAI endpoint on 8000 in front
-    of Triton's HTTP/gRPC/metrics on 8001-8003), listening on every interface of the container.
+    """The single-node server: ``hunyuan-trtllm serve`` on the engines, the OpenAI endpoint on 8000 listening on
+    every interface of the container, in front of Triton's HTTP/gRPC/metrics on 8001-8003 or of trtllm-serve on
+    the container's 127.0.0.1:8001.
 
     ``build`` copies the tokenizer into ``ENGINE/tokenizer``, where trtllm-serve looks for it."""
     engine, timeout = spec.engine_dir, str(spec.options.startup_timeout_s)
@@ -273,8 +276,9 @@ def serve_command(spec: DeploySpec) -> list[str]:
         return ["hunyuan-trtllm", "serve", engine, "--with", "triton", "--tokenizer", f"{engine}/tokenizer",
                 "--host", "0.0.0.0", "--port", str(HTTP_PORT), "--triton-port", str(TRITON_HTTP_PORT),
                 "--ready-timeout", timeout]
-    return ["hunyuan-trtllm", "serve", engine, "--with", "trtllm-serve", "--host", "0.0.0.0",
-            "--port", str(HTTP_PORT), "--ready-timeout", timeout]
+    return ["hunyuan-trtllm", "serve", engine, "--with", "trtllm-serve", "--tokenizer", f"{engine}/tokenizer",
+            "--host", "0.0.0.0", "--port", str(HTTP_PORT), "--trtllm-port", str(TRTLLM_SERVE_PORT),
+            "--ready-timeout", timeout]
 
 
 def serve_environment(spec: DeploySpec) -> dict[str, str]:

@@ -16,6 +16,10 @@ from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer, IncrementalDe
 from hunyuan_trtllm.serve.guided import Guide
 
 
+class BackendRejected(Exception):
+    """The server behind the endpoint refused a request (its 4xx): answered with a 400 carrying its message."""
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     max_tokens: int

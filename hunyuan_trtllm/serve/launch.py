@@ -7,17 +7,19 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 
 from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
 from hunyuan_trtllm.errors import UserError
+from hunyuan_trtllm.serve.generation import TokenBackend
 from hunyuan_trtllm.serve.http_safety import ServerLimits
 from hunyuan_trtllm.serve.openai_fields import MAX_TOP_LOGPROBS
 from hunyuan_trtllm.serve.openai_server import create_app
@@ -25,7 +27,14 @@ from hunyuan_trtllm.serve.pbtxt import parse
 from hunyuan_trtllm.serve.process import start_process_group, stop_process_group, wait_ready
 from hunyuan_trtllm.serve.repository import RepoOptions, read_engine_facts, write_triton_repo
 from hunyuan_trtllm.serve.triton_backend import TritonTokenBackend
-from hunyuan_trtllm.serve.trtllm_serve import ServeOptions, detect_target, trtllm_serve_command, write_llm_api_options
+from hunyuan_trtllm.serve.trtllm_serve import (
+    ServeOptions,
+    detect_target,
+    serving_limits,
+    trtllm_serve_command,
+    write_llm_api_options,
+)
+from hunyuan_trtllm.serve.trtllm_serve_backend import TrtllmServeTokenBackend
 
 console = Console(stderr=True)  # status lines; stdout stays for what programs read
 
@@ -101,17 +110,51 @@ def reference_stack(ckpt: Path, tokenizer_dir: Path, host: str, port: int, model
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_trtllm_serve(target_dir: Path, options: ServeOptions, work: Path, ready_timeout: float) -> None:
-    """Write the LLM-API YAML, run trtllm-serve until Ctrl-C, print where it listens."""
+def run_trtllm_serve(target_dir: Path, options: ServeOptions, work: Path, ready_timeout: float,
+                     tokenizer_dir: Path, model: str, backend_port: int, backend_url: str | None = None,
+                     limits: ServerLimits | None = None) -> None:
+    """trtllm-serve on ``127.0.0.1:backend_port`` (or one already running at ``backend_url``) with the Hunyuan-aware
+    OpenAI endpoint in front on ``options.host:options.port``, until Ctrl-C. The endpoint's ``/health`` is 200 only
+    once trtllm-serve's is."""
     target = detect_target(target_dir)
-    extra = write_llm_api_options(target, options, work / "extra_llm_api_options.yaml")
-    command = trtllm_serve_command(target, options, extra)
-    if shutil.which(command[0]) is None:
+    inner = replace(options, host="127.0.0.1", port=backend_port)  # only our endpoint talks to trtllm-serve
+    extra = write_llm_api_options(target, inner, work / "extra_llm_api_options.yaml")  # refuses bad options first
+    command = trtllm_serve_command(target, inner, extra)
+    if backend_url is None and shutil.which(command[0]) is None:
         raise UserError("trtllm-serve not found: run inside nvcr.io/nvidia/tensorrt-llm/release:1.2.1 (or the "
                         "tritonserver:26.07-trtllm-python-py3 image), or install the 'trtllm' extra on a GPU host")
-    _run_until_interrupted(command, f"http://{options.host}:{options.port}/health", ready_timeout,
-                           f"OpenAI endpoint (trtllm-serve, {target.backend} backend): "
-                           f"http://{options.host}:{options.port}/v1")
+    tokenizer = HunyuanTokenizer.from_model_dir(tokenizer_dir)
+    max_input_len, max_seq_len = serving_limits(target, options)
+    process = None
+    if backend_url is None:
+        console.print(f"[bold]starting[/] {' '.join(command)}")
+        process = start_process_group(command)
+        backend_url = f"http://127.0.0.1:{backend_port}"
+    backend = TrtllmServeTokenBackend(backend_url, max_input_len, max_seq_len, options.guided_decoding)
+    _front(backend, tokenizer, model, options.host, options.port, limits, process, f"{backend_url}/health",
+           ready_timeout, f"trtllm-serve ({target.backend} backend) {backend_url}", "trtllm-serve")
+
+
+def _front(backend: TokenBackend, tokenizer: HunyuanTokenizer, model: str, host: str, port: int,
+           limits: ServerLimits | None, process: subprocess.Popen | None, ready_url: str, ready_timeout: float,
+           behind: str, server: str) -> None:
+    """Run the OpenAI endpoint in front of ``backend`` until Ctrl-C or until ``process`` (the server behind it,
+    when we started it) exits; then stop that server."""
+    try:
+        with openai_endpoint(backend, tokenizer, model, host, port, limits) as url:
+            if process is not None:
+                wait_ready(process, ready_url, ready_timeout)
+            console.print(f"[green]ready[/] OpenAI endpoint: {url}/v1 (model '{model}'); {behind}  (Ctrl-C to stop)")
+            try:
+                while process is None or process.poll() is None:
+                    time.sleep(1 if process is not None else 3600)
+            except KeyboardInterrupt:
+                console.print("stopping ...")
+                return
+        raise UserError(f"{server} exited with code {process.returncode}")
+    finally:
+        if process is not None:
+            stop_process_group(process)
 
 
 def triton_environment(repo: Path) -> dict[str, str]:
@@ -188,22 +231,8 @@ def run_triton_with_endpoint(repo: Path, tokenizer_dir: Path, host: str, port: i
     # no top-k alternatives (its tensorrt_llm model has no such output).
     backend = TritonTokenBackend(grpc_url, max_input_len, max_seq_len, tokenizer.eos_token_id, pad,
                                  guided_decoding=True)
-    try:
-        with openai_endpoint(backend, tokenizer, model, host, port, limits) as url:
-            if process is not None:
-                wait_ready(process, f"http://{url_host(host)}:{http_port}/v2/health/ready", ready_timeout)
-            console.print(f"[green]ready[/] OpenAI endpoint: {url}/v1 (model '{model}'); Triton gRPC {grpc_url}  "
-                          "(Ctrl-C to stop)")
-            try:
-                while process is None or process.poll() is None:
-                    time.sleep(1 if process is not None else 3600)
-            except KeyboardInterrupt:
-                console.print("stopping ...")
-                return
-        raise UserError(f"tritonserver exited with code {process.returncode}")
-    finally:
-        if process is not None:
-            stop_process_group(process)
+    _front(backend, tokenizer, model, host, port, limits, process, f"http://{url_host(host)}:{http_port}/v2/health/ready",
+           ready_timeout, f"Triton gRPC {grpc_url}", "tritonserver")
 
 
 def _run_until_interrupted(command: list[str], ready_url: str, timeout: float, banner: str,

@@ -65,6 +65,9 @@ def top_logprobs(request: Any, backend: Any) -> tuple[bool, int]:
         if wanted and request.echo:
             raise FieldError("echo with logprobs is not supported (prompt log probabilities are not computed)",
                              "echo")
+    if wanted and not getattr(backend, "log_probs", True):
+        raise FieldError("logprobs: this backend (trtllm-serve) returns no log probabilities; serve with "
+                         "--with triton for them", "logprobs")
     if not 0 <= top <= MAX_TOP_LOGPROBS:
         raise FieldError(f"{param} must be in 0..{MAX_TOP_LOGPROBS}", param)
     limit = getattr(backend, "max_top_logprobs", MAX_TOP_LOGPROBS)

@@ -31,7 +31,7 @@ from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
 from hunyuan_trtllm.errors import UserError
 from hunyuan_trtllm.serve import openai_fields as fields
 from hunyuan_trtllm.serve.chat_prompts import ChatPrompts, PromptError
-from hunyuan_trtllm.serve.generation import GenerationParams, TokenBackend, generate_text
+from hunyuan_trtllm.serve.generation import BackendRejected, GenerationParams, TokenBackend, generate_text
 from hunyuan_trtllm.serve.http_safety import BodySizeLimit, ServerLimits, install_error_handlers, until_disconnected
 from hunyuan_trtllm.serve.hy3_output import hy3_chat
 from hunyuan_trtllm.serve.openai_protocol import (
@@ -130,6 +130,10 @@ def create_app(backend: TokenBackend, tokenizer: HunyuanTokenizer, model_name: s
     @app.exception_handler(fields.FieldError)
     async def field_error(_: Request, exc: fields.FieldError) -> JSONResponse:
         return JSONResponse(error_body(str(exc), param=exc.param), status_code=400)
+
+    @app.exception_handler(BackendRejected)
+    async def backend_rejected(_: Request, exc: BackendRejected) -> JSONResponse:
+        return JSONResponse(error_body(str(exc)), status_code=400)
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:

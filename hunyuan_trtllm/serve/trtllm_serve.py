@@ -48,6 +48,7 @@ class ServeOptions:
     attention_dp: str = "auto"  # auto | on | off
     moe_backend: str = "CUTLASS"
     trust_remote_code: bool = False  # only when the user asks: lets TensorRT-LLM run the checkpoint's Python
+    guided_decoding: bool = True  # xgrammar in TensorRT-LLM (response_format, forced tool calls)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,8 @@ def llm_api_options(target: ServeTarget, options: ServeOptions) -> dict[str, Any
     if options.kv_cache_dtype == "fp8" and target.backend == "tensorrt":
         check_engine_kv_fp8(target)
     extra: dict[str, Any] = {"kv_cache_config": kv_cache}
+    if options.guided_decoding:
+        extra["guided_decoding_backend"] = "xgrammar"
     if target.backend == "pytorch":
         assert target.spec is not None
         if target.spec.architecture == LARGE and options.kv_cache_dtype == "fp8":
@@ -122,6 +125,20 @@ def llm_api_options(target: ServeTarget, options: ServeOptions) -> dict[str, Any
             extra["moe_config"] = {"backend": options.moe_backend}
             extra["enable_attention_dp"] = attention_dp(target.spec, options)
     return extra
+
+
+def serving_limits(target: ServeTarget, options: ServeOptions) -> tuple[int, int]:
+    """(max_input_len, max_seq_len) of what trtllm-serve will run: the engines' build limits, or for the PyTorch
+    backend ``--max-seq-len`` (default: the model's context) with prompts of at most ``--max-num-tokens`` (no
+    chunked prefill) leaving room for one generated token."""
+    if target.backend == "tensorrt":
+        from hunyuan_trtllm.serve.repository import read_engine_facts  # it imports this module
+
+        facts = read_engine_facts(target.path)
+        return facts.max_input_len, facts.max_seq_len
+    assert target.spec is not None
+    max_seq_len = options.max_seq_len or target.spec.max_position_embeddings
+    return min(max_seq_len - 1, options.max_num_tokens), max_seq_len
 
 
 def check_engine_kv_fp8(target: ServeTarget) -> None:
