@@ -17,8 +17,10 @@ Self-contained (it runs inside NVIDIA's Triton + TensorRT-LLM image, where this 
 ``1/model.yaml`` holds the LLM's arguments (every key but ``triton_config`` goes to ``LLM(...)``;
 ``triton_config.custom_module_dirs`` are imported first, like trtllm-serve's ``--custom_module_dirs``). The LLM's
 asyncio API runs on one event loop in a background thread; each request is a coroutine there, so requests are
-batched in flight by TensorRT-LLM. Decoupled configs answer ``streaming`` requests with the new text of each
-step; otherwise one response carries the whole text, or an error after ``triton_config.request_timeout_s``.
+batched in flight by TensorRT-LLM. Decoupled configs answer ``streaming`` requests with the new text or tokens of
+each step, the last response flagged final (``RequestOutput.finished``), so a gRPC stream ends with data as the C++
+backend's does; otherwise one response carries the whole output, or an error after
+``triton_config.request_timeout_s``.
 A cancelled streaming request is aborted.
 """
 

@@ -25,7 +25,8 @@ The API, with TensorRT-LLM's names (read from ``tensorrt_llm/llmapi/llm.py``, ``
   ``cancelled``).
 - :class:`CompletionOutput`: ``index``, ``text``, ``token_ids``, ``cumulative_logprob``, ``logprobs`` (one
   ``{token_id: Logprob(logprob, rank)}`` per token: the ``logprobs`` best, ranked from 1, plus the sampled token,
-  rank None when outside them; as the PyTorch backend returns them), ``finish_reason`` (``stop``, ``length``,
+  as ``executor/result.py``'s ``compute_logprobs``; one difference: a sampled token outside the best has rank None
+  here, its true rank there), ``finish_reason`` (``stop``, ``length``,
   ``cancelled``), ``stop_reason`` (the stop token id or stop string), and the diffs since the previous streamed
   response: ``text_diff``, ``token_ids_diff``, ``logprobs_diff``. ``end_id`` is never in ``token_ids``; a stop word
   is removed unless ``include_stop_str_in_output``; ``text`` is empty unless ``detokenize``.
