@@ -30,8 +30,6 @@ from hunyuan_trtllm.serve.trtllm_serve import ServeOptions, detect_target, trtll
 
 console = Console(stderr=True)  # status lines; stdout stays for what programs read
 
-TRITON_HTTP_PORT = 8000  # then gRPC 8001 and metrics 8002: Triton's defaults, which probes and scrapers expect
-
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -205,10 +203,9 @@ def run_triton_with_endpoint(repo: Path, tokenizer_dir: Path, host: str, port: i
             stop_process_group(process)
 
 
-def _run_until_interrupted(command: list[str], ready_url: str, timeout: float, banner: str,
-                           env: dict[str, str] | None = None) -> None:
+def _run_until_interrupted(command: list[str], ready_url: str, timeout: float, banner: str) -> None:
     console.print(f"[bold]starting[/] {' '.join(command)}")
-    process = start_process_group(command, env)
+    process = start_process_group(command)
     try:
         wait_ready(process, ready_url, timeout)
         console.print(f"[green]ready[/] {banner}  (Ctrl-C to stop)")

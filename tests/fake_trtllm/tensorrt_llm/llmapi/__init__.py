@@ -223,7 +223,7 @@ class LLM:
 
         params = sampling_params or SamplingParams()
         self._check_honoured(params)
-        prompt, ids = self._prompt(inputs, params)
+        prompt, ids = self._prompt(inputs)
         if not ids:
             raise ValueError("the prompt is empty")
         if len(ids) >= self.max_seq_len:
@@ -272,7 +272,7 @@ class LLM:
         if params.n != 1 or params.best_of != 1:
             raise ValueError("the stand-in LLM generates one sequence per request (n = best_of = 1)")
 
-    def _prompt(self, inputs: str | list[int] | dict, params: SamplingParams) -> tuple[str | None, list[int]]:
+    def _prompt(self, inputs: str | list[int] | dict) -> tuple[str | None, list[int]]:
         if isinstance(inputs, dict):
             inputs = inputs["prompt_token_ids"] if "prompt_token_ids" in inputs else inputs["prompt"]
         if isinstance(inputs, str):
