@@ -1,4 +1,5 @@
-"""Load and forget the TensorRT-LLM stand-in (tests/fake_trtllm) and the plugin modules built on it."""
+"""Load and forget the TensorRT-LLM stand-in (tests/fake_trtllm) and the plugin modules built on it; hand it to a
+Triton Python model."""
 
 from __future__ import annotations
 
@@ -33,3 +34,9 @@ def load() -> ModuleType:
     plugins = importlib.import_module("hunyuan_trtllm.plugins")
     plugins.register()
     return plugins
+
+
+def link_into_model(model_version_dir: Path) -> None:
+    """Make ``tensorrt_llm`` the stand-in for a Triton Python model: a link in its version directory, which is on the
+    stub's ``sys.path`` (the stub's interpreter runs isolated, so ``PYTHONPATH`` would not reach it)."""
+    (model_version_dir / "tensorrt_llm").symlink_to(FAKE_TRTLLM / "tensorrt_llm", target_is_directory=True)

@@ -120,6 +120,21 @@ def test_serve_with_triton_on_engines(tmp_path):
     assert f"OpenAI endpoint: http://127.0.0.1:{api}/v1" in flat and f"gRPC 127.0.0.1:{port + 1}" in flat
 
 
+def test_serve_with_triton_on_an_hf_checkpoint(tiny_models, tmp_path):
+    """An HF checkpoint gets the llmapi repository, with the OpenAI endpoint in front of it as for engines."""
+    fake_binary(tmp_path / "bin", "tritonserver")
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "FAKE_RECORD": str(tmp_path / "r")}
+    port, api = free_port(), free_port()
+    output = run_until_ready_then_interrupt(["serve", str(tiny_models["a13b"]), "--with", "triton", "--tp", "2",
+                                             "--triton-port", str(port), "--port", str(api)], env,
+                                            f"http://127.0.0.1:{api}/v1/models")
+    record = json.loads((tmp_path / "r").read_text())
+    assert record["repo"] == ["repo.json", "tensorrt_llm"] and f"--http-port={port}" in record["argv"]
+    flat = " ".join(output.split())
+    assert f"OpenAI endpoint: http://127.0.0.1:{api}/v1" in flat and f"gRPC 127.0.0.1:{port + 1}" in flat
+    assert "without the OpenAI endpoint" not in flat
+
+
 def test_missing_binaries_and_unservable_inputs(tiny_models, tmp_path):
     runner = CliRunner()
     env = {"PATH": str(tmp_path)}  # nothing on PATH

@@ -197,9 +197,16 @@ def test_reference_without_streaming(tmp_path, tiny) -> None:
 def test_llmapi_model_yaml(repos, tiny) -> None:
     repo = repos["llmapi"]
     config = load(repo, "tensorrt_llm")
-    assert config.max_batch_size == 0 and config.model_transaction_policy.decoupled and config.backend == "python"
-    assert {"text_input", "streaming", "sampling_param_max_tokens", "sampling_param_seed"} <= {
-        t.name for t in config.input}
+    assert config.max_batch_size == 1 and config.model_transaction_policy.decoupled and config.backend == "python"
+    inputs = {t.name: t for t in config.input}
+    assert {"text_input", "streaming", "sampling_param_max_tokens", "sampling_param_seed"} <= set(inputs)
+    # the token interface: every input TritonTokenBackend sends except the top-k alternatives, all optional
+    sent = {"input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "streaming", "temperature",
+            "runtime_top_k", "runtime_top_p", "seed", "stop_words_list", "repetition_penalty", "presence_penalty",
+            "frequency_penalty", "return_log_probs", "guided_decoding_guide_type", "guided_decoding_guide"}
+    assert sent <= set(inputs) and "num_top_log_probs" not in inputs
+    assert all(t.optional for t in config.input)
+    assert {"output_ids", "output_log_probs", "text_output"} <= {t.name for t in config.output}
     settings = yaml.safe_load((repo / "tensorrt_llm" / "1" / "model.yaml").read_text())
     assert settings["model"] == str(tiny["src"].resolve()) and settings["backend"] == "pytorch"
     assert (settings["tensor_parallel_size"], settings["moe_expert_parallel_size"],
@@ -207,7 +214,8 @@ def test_llmapi_model_yaml(repos, tiny) -> None:
     assert settings["max_batch_size"] == 8
     assert settings["kv_cache_config"] == {"free_gpu_memory_fraction": 0.5, "enable_block_reuse": True}
     assert settings["cuda_graph_config"]["max_batch_size"] == 8
-    assert settings["triton_config"] == {"max_batch_size": 0, "decoupled": True}
+    assert settings["triton_config"] == {"max_batch_size": 1, "decoupled": True}
+    assert settings["guided_decoding_backend"] == "xgrammar"
     assert "from tensorrt_llm import LLM" in (repo / "tensorrt_llm" / "1" / "model.py").read_text()
 
 

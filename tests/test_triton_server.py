@@ -1,13 +1,12 @@
 """A real Triton server (pytriton's bundled tritonserver, CPU) on generated repositories of a tiny converted A13B.
 
-One server on the ``reference`` repository serves the whole module; two short-lived ones check the ``llmapi``
-model (with a stand-in ``tensorrt_llm`` package) and a failing start. Skipped without nvidia-pytriton.
+One server on the ``reference`` repository serves the whole module; a short-lived one checks a failing start (the
+``llmapi`` model and ``serve --with triton``: tests/test_triton_llmapi.py). Skipped without nvidia-pytriton.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import json
 import os
 import time
@@ -231,84 +230,6 @@ def test_eight_concurrent_streams_match_one_by_one(server) -> None:
     assert together == one_by_one
 
 
-# ---- the llmapi repository, with a stand-in tensorrt_llm package ----------------------------------------------
-FAKE_TRTLLM = {
-    "__init__.py": '''
-class SamplingParams:
-    def __init__(self, max_tokens=16, **kwargs):
-        self.max_tokens = max_tokens
-        self.kwargs = kwargs
-
-
-class _Output:
-    def __init__(self, text, diff):
-        self.text, self.text_diff = text, diff
-        self.finish_reason, self.stop_reason, self.cumulative_logprob = "length", None, -1.5
-
-
-class _Request:
-    def __init__(self, pieces):
-        self.pieces = pieces
-
-    def __aiter__(self):
-        return self._steps()
-
-    async def _steps(self):
-        for i, piece in enumerate(self.pieces):
-            yield type("RequestOutput", (), {"outputs": [_Output("".join(self.pieces[: i + 1]), piece)]})
-
-    async def aresult(self):
-        return type("RequestOutput", (), {"outputs": [_Output("".join(self.pieces), "")]})
-
-    def abort(self):
-        pass
-
-
-class LLM:
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-
-    def generate_async(self, prompt, sampling, streaming=False):
-        words = [f"tp{self.kwargs['tensor_parallel_size']}ep{self.kwargs['moe_expert_parallel_size']}"]
-        words += prompt.split()
-        return _Request([w + " " for w in words[: sampling.max_tokens]])
-
-    def shutdown(self):
-        pass
-''',
-    "llmapi/__init__.py": "",
-    "llmapi/llm_args.py": "def update_llm_args_with_extra_dict(args, extra):\n    return {**args, **extra}\n",
-}
-
-
-def llmapi_repo(tiny, where: Path) -> Path:
-    """The llmapi repository ``serve --with triton`` writes for an HF model, with the stand-in TensorRT-LLM."""
-    repo = write_triton_repo(tiny["src"], where, "llmapi", 8, True, RepoOptions(tp=2, ep=2))
-    for name, text in FAKE_TRTLLM.items():  # the model directory is on the stub's sys.path
-        path = repo / "tensorrt_llm" / "1" / "tensorrt_llm" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return repo
-
-
-@needs_pytriton
-def test_llmapi_model_and_a_clean_stop(tiny, tmp_path) -> None:
-    repo = llmapi_repo(tiny, tmp_path / "llmapi")
-    server = TritonServer(repo, ready_timeout=60)
-    with server:
-        pgid, workspace = server.process.pid, server.workspace
-        body = {"text_input": "one two three", "sampling_param_max_tokens": 3, "return_finish_reason": True}
-        got = generate(server, "tensorrt_llm", body)
-        assert (got["text_output"], got["finish_reason"]) == ("tp2ep2 one two ", "length")
-        events = stream(server, "tensorrt_llm", {**body, "streaming": True})
-        assert [e["text_output"] for e in events if "text_output" in e] == ["tp2ep2 ", "one ", "two "]
-        status, text = post(f"{server.url}/v2/models/tensorrt_llm/generate", {"text_input": ""})
-        assert status == 400 and "non-empty prompt" in text
-    assert group_is_gone(pgid) and not workspace.exists()
-    assert not list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
-    assert "successfully loaded 'tensorrt_llm'" in server.logs
-
-
 @needs_pytriton
 def test_a_failing_model_raises_with_the_log(tiny, tmp_path) -> None:
     repo = write_triton_repo(tiny["ckpt"], tmp_path / "repo", "reference", 2, True,
@@ -330,46 +251,3 @@ def test_missing_pytriton_is_a_user_error(monkeypatch) -> None:
         triton_server.find_triton()
     with pytest.raises(UserError, match="pip install nvidia-pytriton"):
         TritonServer(Path(".")).start()
-
-
-@needs_pytriton
-def test_serve_with_triton_listens_only_on_its_host(tiny, tmp_path, monkeypatch) -> None:
-    """``serve --with triton`` runs the image's tritonserver: here the bundled one, behind a ``tritonserver`` on
-    PATH that adds what the CPU bundle needs. Every port it opens must be on --host (127.0.0.1 by default)."""
-    import psutil
-
-    from hunyuan_trtllm.serve.launch import run_system_triton
-    from hunyuan_trtllm.serve.triton_server import HOST
-
-    install = triton_server.find_triton()
-    backends = triton_server.prepare_backends(install, tmp_path / "backends")
-    env = triton_server.server_env(install)
-    prefix = f"hybind{os.getpid()}-"
-    wrapper = tmp_path / "bin" / "tritonserver"
-    wrapper.parent.mkdir()
-    wrapper.write_text(f"#!/bin/sh\nexport LD_LIBRARY_PATH='{env['LD_LIBRARY_PATH']}' PATH='{env['PATH']}'\n"
-                       f"exec '{install.binary}' --backend-directory='{backends}' --disable-auto-complete-config "
-                       f"--backend-config=python,shm-region-prefix-name={prefix} \"$@\"\n")
-    wrapper.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
-    port = triton_server.free_port()
-    runner = ThreadPoolExecutor(1).submit(run_system_triton, llmapi_repo(tiny, tmp_path / "repo"), 90, port)
-    try:
-        deadline, listening, process = time.monotonic() + 120, set(), None
-        while time.monotonic() < deadline and not runner.done() and len(listening) < 3:
-            time.sleep(0.5)
-            process = next((p for p in psutil.Process().children(recursive=True)  # not the module's server
-                            if f"--http-port={port}" in p.cmdline()), None)
-            if process is not None:
-                listening = {(c.laddr.ip, c.laddr.port) for c in process.net_connections("inet")
-                             if c.status == psutil.CONN_LISTEN}
-        assert process is not None and not runner.done(), runner.exception() if runner.done() else "no server"
-        assert {p for _, p in listening} >= {port, port + 1, port + 2}, listening
-        addresses = {ipaddress.ip_address(ip) for ip, _ in listening}  # gRPC: an IPv6 socket, IPv4-mapped
-        assert {getattr(a, "ipv4_mapped", None) or a for a in addresses} == {ipaddress.ip_address(HOST)}, listening
-    finally:
-        if process is not None:
-            os.killpg(process.pid, 2)  # Ctrl-C: run_system_triton stops the server group and returns
-        runner.result(timeout=90)
-        for region in Path("/dev/shm").glob(f"{prefix}*"):
-            region.unlink(missing_ok=True)

@@ -132,6 +132,7 @@ def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_
       hunyuan-trtllm serve engines/ --with trtllm-serve                     # TensorRT backend (1.2.1)
       hunyuan-trtllm serve engines/ --trtllm-url http://127.0.0.1:8001      # front a running trtllm-serve
       hunyuan-trtllm serve engines/ --with triton --tokenizer ./Hunyuan-A13B-Instruct   # OpenAI on :8000
+      hunyuan-trtllm serve ./Hunyuan-A13B-Instruct --with triton --tp 8 --ep 8   # llmapi model, OpenAI on :8000
       hunyuan-trtllm serve ckpt/ --dry-run --port 8000                      # CPU, real Triton, no GPU
     """
     from hunyuan_trtllm.serve.http_safety import ServerLimits
@@ -167,7 +168,7 @@ def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_
             run_trtllm_serve(source, options, Path(work), ready_timeout, tokenizer or own, name, trtllm_port,
                              trtllm_url, limits)
         return
-    from hunyuan_trtllm.serve.launch import run_system_triton, run_triton_with_endpoint
+    from hunyuan_trtllm.serve.launch import run_triton_with_endpoint
     from hunyuan_trtllm.serve.repository import RepoOptions, write_triton_repo
 
     kind = _kind(source)
@@ -178,14 +179,10 @@ def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_
         options = RepoOptions(tokenizer_dir=tokenizer or source, tp=tp, ep=ep, pp=pp, max_seq_len=max_seq_len,
                               trust_remote_code=trust_remote_code)
         repo = write_triton_repo(source, Path(work) / "repo", flavor, options=options)
-        if flavor == "engine":  # the Hunyuan-aware OpenAI endpoint in front of Triton's tensorrt_llm (gRPC)
-            own = source / "tokenizer" if (source / "tokenizer").is_dir() else source
-            run_triton_with_endpoint(repo, tokenizer or own, host, port, name, ready_timeout, triton_port,
-                                     triton_grpc, limits)
-            return
-        console.print("[yellow]note[/] the llmapi model takes text, so Triton serves it without the OpenAI endpoint "
-                      "(use engines, or --with trtllm-serve)")
-        run_system_triton(repo, ready_timeout, triton_port, host)
+        # the Hunyuan-aware OpenAI endpoint in front of Triton's tensorrt_llm (gRPC, token ids on both flavors)
+        own = source / "tokenizer" if (source / "tokenizer").is_dir() else source
+        run_triton_with_endpoint(repo, tokenizer or own, host, port, name, ready_timeout, triton_port, triton_grpc,
+                                 limits)
 
 
 def _interrupt(signum: int, frame: object) -> None:

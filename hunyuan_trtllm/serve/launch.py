@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 from hunyuan_trtllm.checkpoints.tokenizer import HunyuanTokenizer
@@ -38,8 +39,6 @@ from hunyuan_trtllm.serve.trtllm_serve_backend import TrtllmServeTokenBackend
 
 console = Console(stderr=True)  # status lines; stdout stays for what programs read
 
-TRITON_HTTP_PORT = 8000  # then gRPC 8001 and metrics 8002: Triton's defaults, which probes and scrapers expect
-
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -58,9 +57,27 @@ def _limits(repo: Path) -> tuple[int, int]:
     if meta["flavor"] == "engine":
         facts = read_engine_facts(source)
         return facts.max_input_len, facts.max_seq_len
+    if meta["flavor"] == "llmapi":  # the LLM's max_seq_len, else the model's context
+        settings = yaml.safe_load((repo / "tensorrt_llm" / "1" / "model.yaml").read_text(encoding="utf-8"))
+        limit = settings.get("max_seq_len") or json.loads((source / "config.json").read_text())[
+            "max_position_embeddings"]
+        return int(limit) - 1, int(limit)
     where = repo / "tensorrt_llm" / "config.pbtxt"
     params = parse(where.read_text(), str(where)).parameters
     return int(params["max_input_len"].string_value), int(params["max_seq_len"].string_value)
+
+
+def token_backend(repo: Path, grpc_url: str, tokenizer: HunyuanTokenizer) -> TritonTokenBackend:
+    """The endpoint's backend for a generated repository served at ``grpc_url``, with what its ``tensorrt_llm``
+    model offers: log probabilities and guided decoding everywhere (xgrammar: TensorRT-LLM's executor, the
+    LLM API's ``guided_decoding_backend``, or the reference model on CPU); top-k alternatives only from the
+    reference model (TensorRT-LLM's C++ model and the llmapi model have no such output)."""
+    max_input_len, max_seq_len = _limits(repo)
+    flavor = json.loads((repo / "repo.json").read_text())["flavor"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return TritonTokenBackend(grpc_url, max_input_len, max_seq_len, tokenizer.eos_token_id, pad,
+                              max_top_logprobs=MAX_TOP_LOGPROBS if flavor == "reference" else 0,
+                              guided_decoding=True)
 
 
 @contextlib.contextmanager
@@ -99,11 +116,8 @@ def reference_stack(ckpt: Path, tokenizer_dir: Path, host: str, port: int, model
     try:
         options = RepoOptions(tokenizer_dir=tokenizer_dir, max_seq_len=max_seq_len)
         repo = write_triton_repo(ckpt, work / "repo", "reference", max_batch_size=max_batch_size, options=options)
-        max_input_len, limit = _limits(repo)
         with TritonServer(repo) as triton:
-            backend = TritonTokenBackend(f"127.0.0.1:{triton.grpc_port}", max_input_len, limit,
-                                         tokenizer.eos_token_id, tokenizer.pad_token_id or tokenizer.eos_token_id,
-                                         max_top_logprobs=MAX_TOP_LOGPROBS, guided_decoding=True)
+            backend = token_backend(repo, f"127.0.0.1:{triton.grpc_port}", tokenizer)
             with openai_endpoint(backend, tokenizer, model, host, port, limits) as url:
                 yield Endpoint(url, model, triton.url, f"127.0.0.1:{triton.grpc_port}")
     finally:
@@ -196,28 +210,14 @@ def system_triton_command(repo: Path, host: str, http_port: int) -> list[str]:
             f"--metrics-address={host}", f"--metrics-port={http_port + 2}"]
 
 
-def run_system_triton(repo: Path, ready_timeout: float, http_port: int = TRITON_HTTP_PORT,
-                      host: str = "127.0.0.1") -> None:
-    """Run the image's own ``tritonserver`` on a generated repository until Ctrl-C, listening on ``host`` only."""
-    if shutil.which("tritonserver") is None:
-        raise UserError("tritonserver not found: run inside nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3, "
-                        "or use --dry-run for the CPU reference server")
-    where = f"http://{url_host(host)}:{http_port}"
-    _run_until_interrupted(system_triton_command(repo, host, http_port), f"{where}/v2/health/ready", ready_timeout,
-                           f"Triton: {where} (gRPC {http_port + 1}, metrics {http_port + 2})",
-                           env=triton_environment(repo))
-
-
 def run_triton_with_endpoint(repo: Path, tokenizer_dir: Path, host: str, port: int, model: str,
                              ready_timeout: float, http_port: int, grpc_url: str | None = None,
                              limits: ServerLimits | None = None) -> None:
-    """The production path: the image's ``tritonserver`` on an ``engine`` repository (or one already running at
-    ``grpc_url``, e.g. the multi-node leader's rank 0) with the Hunyuan-aware OpenAI endpoint in front, on
+    """The production path: the image's ``tritonserver`` on an ``engine`` or ``llmapi`` repository (or one already
+    running at ``grpc_url``, e.g. the multi-node leader's rank 0) with the Hunyuan-aware OpenAI endpoint in front, on
     ``host:port``, until Ctrl-C. The endpoint's ``/health`` is 200 only once Triton's ``tensorrt_llm`` is ready.
     Triton's own ports are bound to ``host`` too."""
     tokenizer = HunyuanTokenizer.from_model_dir(tokenizer_dir)
-    max_input_len, max_seq_len = _limits(repo)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     process = None
     if grpc_url is None:
         if shutil.which("tritonserver") is None:
@@ -227,21 +227,7 @@ def run_triton_with_endpoint(repo: Path, tokenizer_dir: Path, host: str, port: i
         console.print(f"[bold]starting[/] {' '.join(command)}")
         process = start_process_group(command, triton_environment(repo))
         grpc_url = f"{url_host(host)}:{http_port + 1}"
-    # TensorRT-LLM's C++ backend: log probabilities and guided decoding (xgrammar, the repository's tokenizer info);
-    # no top-k alternatives (its tensorrt_llm model has no such output).
-    backend = TritonTokenBackend(grpc_url, max_input_len, max_seq_len, tokenizer.eos_token_id, pad,
-                                 guided_decoding=True)
+    backend = token_backend(repo, grpc_url, tokenizer)
     _front(backend, tokenizer, model, host, port, limits, process, f"http://{url_host(host)}:{http_port}/v2/health/ready",
            ready_timeout, f"Triton gRPC {grpc_url}", "tritonserver")
 
-
-def _run_until_interrupted(command: list[str], ready_url: str, timeout: float, banner: str,
-                           env: dict[str, str] | None = None) -> None:
-    console.print(f"[bold]starting[/] {' '.join(command)}")
-    process = start_process_group(command, env)
-    try:
-        wait_ready(process, ready_url, timeout)
-        console.print(f"[green]ready[/] {banner}  (Ctrl-C to stop)")
-        process.wait()
-    finally:
-        stop_process_group(process)

@@ -1,5 +1,5 @@
-"""A token backend over Triton's ``tensorrt_llm`` model (gRPC streaming): the C++ TensorRT-LLM backend or the
-``reference`` flavor's Python model, which share inputs and outputs.
+"""A token backend over Triton's ``tensorrt_llm`` model (gRPC streaming): the C++ TensorRT-LLM backend, the
+``reference`` flavor's Python model or the ``llmapi`` flavor's token interface, which share inputs and outputs.
 
 Each request opens one bidirectional stream, sends TensorRT-LLM's request tensors (``input_ids``,
 ``request_output_len``, ``end_id``, ``stop_words_list``, ``streaming``, sampling parameters) and receives one
@@ -31,7 +31,8 @@ class TritonTokenBackend:
     def __init__(self, grpc_url: str, max_input_len: int, max_seq_len: int, end_id: int, pad_id: int,
                  model: str = "tensorrt_llm", max_top_logprobs: int = 0, guided_decoding: bool = False):
         """``max_top_logprobs`` / ``guided_decoding``: what the model behind ``grpc_url`` offers (the ``reference``
-        flavor: 20 and True; TensorRT-LLM's C++ backend here: 0 and False, see the README)."""
+        flavor: 20 and True; TensorRT-LLM's C++ backend and the ``llmapi`` model: 0 and True; see
+        :func:`hunyuan_trtllm.serve.launch.token_backend`)."""
         self.url, self.model = grpc_url, model
         self.max_top_logprobs, self.guided_decoding = max_top_logprobs, guided_decoding
         self.max_input_len, self.max_seq_len = max_input_len, max_seq_len

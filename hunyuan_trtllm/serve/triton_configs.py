@@ -5,7 +5,7 @@ text-only decoder uses (no encoder, draft-model, multimodal, prompt-tuning or KV
 ``preprocessing`` (text -> ids), ``tensorrt_llm`` (ids -> ids; the C++ ``tensorrtllm`` backend on engines or our
 Python reference model), ``postprocessing`` (ids -> text), ``ensemble`` chaining the three, and
 ``tensorrt_llm_bls`` doing the same in Python with streaming text that never splits a UTF-8 character.
-The ``llmapi`` flavor is one Python model, ``tensorrt_llm``, driving ``tensorrt_llm.LLM``.
+The ``llmapi`` flavor is one Python model, ``tensorrt_llm``, driving ``tensorrt_llm.LLM`` (text or token ids in).
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ _LLM_EXTRA_OUTPUTS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     ("kv_cache_alloc_total_blocks", "INT32", (1,)), ("arrival_time_ns", "INT64", (1,)),
     ("first_scheduled_time_ns", "INT64", (1,)), ("first_token_time_ns", "INT64", (1,)),
     ("last_token_time_ns", "INT64", (1,)), ("num_input_tokens", "INT32", (1,)), ("num_output_tokens", "INT32", (1,)),
+)
+# The tensorrt_llm scalars the llmapi model also takes (what TritonTokenBackend sends; no top-k alternatives).
+LLMAPI_TOKEN_SCALARS: tuple[str, ...] = (
+    "end_id", "pad_id", "temperature", "runtime_top_k", "runtime_top_p", "seed", "repetition_penalty",
+    "presence_penalty", "frequency_penalty", "return_log_probs",
 )
 # Client-facing optional inputs of ensemble / BLS -> the tensorrt_llm input they feed (dtype from tensorrt_llm).
 CLIENT_TO_LLM: dict[str, str] = {
@@ -261,7 +266,9 @@ def bls_config(spec: PipelineSpec) -> dict[str, Any]:
 
 
 def llmapi_config(streaming: bool) -> dict[str, Any]:
-    """The LLM-API ``tensorrt_llm`` model (no Triton batching: the LLM schedules requests itself)."""
+    """The LLM-API ``tensorrt_llm`` model: text in / text out (``text_input``, ``sampling_param_*``) or TensorRT-LLM's
+    token tensors (``input_ids`` ..., as the C++ backend's model takes them) in / ``output_ids`` out. Batch size 1 and
+    no Triton batching: one prompt per request, the LLM schedules requests itself."""
     scalars = {
         "streaming": "BOOL", "sampling_param_best_of": "INT32", "sampling_param_temperature": "FP32",
         "sampling_param_top_k": "INT32", "sampling_param_top_p": "FP32",
@@ -270,12 +277,19 @@ def llmapi_config(streaming: bool) -> dict[str, Any]:
         "sampling_param_exclude_input_from_output": "BOOL", "sampling_param_return_perf_metrics": "BOOL",
         "return_finish_reason": "BOOL", "return_stop_reason": "BOOL", "return_cumulative_logprob": "BOOL",
     }
-    inputs = [tensor("text_input", "STRING", [-1]), tensor("sampling_param_stop", "STRING", [-1], optional=True)]
+    scalars |= {name: llm_scalar_dtype(name) for name in LLMAPI_TOKEN_SCALARS}
+    inputs = [tensor("text_input", "STRING", [-1], optional=True),
+              tensor("sampling_param_stop", "STRING", [-1], optional=True),
+              tensor("input_ids", "INT32", [-1], optional=True), tensor("input_lengths", "INT32", [1], optional=True),
+              tensor("request_output_len", "INT32", [1], optional=True),
+              tensor("stop_words_list", "INT32", [2, -1], optional=True),
+              tensor("guided_decoding_guide_type", "STRING", [1], optional=True),
+              tensor("guided_decoding_guide", "STRING", [1], optional=True)]
     inputs += [tensor(name, dtype, [1], optional=True) for name, dtype in scalars.items()]
     return {
         "name": "tensorrt_llm",
         "backend": "python",
-        "max_batch_size": 0,
+        "max_batch_size": 1,
         "model_transaction_policy": {"decoupled": streaming},
         "input": inputs,
         "output": [
@@ -283,6 +297,9 @@ def llmapi_config(streaming: bool) -> dict[str, Any]:
             tensor("finish_reason", "STRING", [-1]),
             tensor("stop_reason", "STRING", [-1]),
             tensor("cumulative_logprob", "FP32", [-1]),
+            tensor("output_ids", "INT32", [-1, -1]),
+            tensor("sequence_length", "INT32", [-1]),
+            tensor("output_log_probs", "FP32", [-1, -1]),
         ],
         "instance_group": instance_group(1),
     }

@@ -1,11 +1,26 @@
 """Triton model ``tensorrt_llm`` of the ``llmapi`` flavor: ``tensorrt_llm.LLM`` (PyTorch backend) behind Triton.
 
+Two interfaces, chosen per request:
+
+- text: ``text_input`` (+ ``sampling_param_*``) -> ``text_output`` (+ ``finish_reason`` / ``stop_reason`` /
+  ``cumulative_logprob`` on request);
+- tokens, when the request carries ``input_ids``: the inputs TensorRT-LLM's C++ ``tensorrt_llm`` model takes
+  (``input_ids``, ``input_lengths``, ``request_output_len``, ``end_id``, ``pad_id``, ``streaming``, ``temperature``,
+  ``runtime_top_k`` / ``runtime_top_p``, ``seed``, the penalties, single-token ``stop_words_list``,
+  ``return_log_probs``, ``guided_decoding_guide_type`` / ``guided_decoding_guide``) -> ``output_ids`` ``[1, 1, n]``
+  (the new tokens of each step when streaming, all of them otherwise; a stop word is kept, ``end_id`` is not, as
+  the C++ backend does), ``sequence_length`` and, with ``return_log_probs``, ``output_log_probs`` (the sampled
+  tokens' log probabilities). This is what the Hunyuan-aware OpenAI endpoint speaks (``TritonTokenBackend``).
+  Guided decoding needs ``guided_decoding_backend: xgrammar`` in ``model.yaml``.
+
 Self-contained (it runs inside NVIDIA's Triton + TensorRT-LLM image, where this project need not be installed).
 ``1/model.yaml`` holds the LLM's arguments (every key but ``triton_config`` goes to ``LLM(...)``;
 ``triton_config.custom_module_dirs`` are imported first, like trtllm-serve's ``--custom_module_dirs``). The LLM's
 asyncio API runs on one event loop in a background thread; each request is a coroutine there, so requests are
-batched in flight by TensorRT-LLM. Decoupled configs answer ``streaming`` requests with the new text of each
-step; otherwise one response carries the whole text, or an error after ``triton_config.request_timeout_s``.
+batched in flight by TensorRT-LLM. Decoupled configs answer ``streaming`` requests with the new text or tokens of
+each step, the last response flagged final (``RequestOutput.finished``), so a gRPC stream ends with data as the C++
+backend's does; otherwise one response carries the whole output, or an error after
+``triton_config.request_timeout_s``.
 A cancelled streaming request is aborted.
 """
 
@@ -33,6 +48,14 @@ SAMPLING_INPUTS = {
     "sampling_param_exclude_input_from_output": "exclude_input_from_output",
     "sampling_param_return_perf_metrics": "return_perf_metrics",
 }
+# token interface: request input -> SamplingParams field
+TOKEN_INPUTS = {
+    "end_id": "end_id", "pad_id": "pad_id", "temperature": "temperature", "runtime_top_k": "top_k",
+    "runtime_top_p": "top_p", "seed": "seed", "repetition_penalty": "repetition_penalty",
+    "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+}
+# guided_decoding_guide_type -> GuidedDecodingParams field (json: any JSON object)
+GUIDES = {"json_schema": "json", "regex": "regex", "ebnf_grammar": "grammar"}
 
 
 class BadRequest(ValueError):
@@ -52,6 +75,37 @@ def _strings(request: Any, name: str) -> list[str]:
     if tensor is None:
         return []
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1)]
+
+
+def _array(request: Any, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _words(array: np.ndarray | None) -> list[list[int]]:
+    """The words of TensorRT-LLM's ``[2, L]`` word list: row 0 the ids, row 1 each word's end offset (-1 padded)."""
+    if array is None:
+        return []
+    rows, words, start = array.reshape(2, -1), [], 0
+    for end in rows[1]:
+        if end < 0:
+            break
+        words.append([int(t) for t in rows[0, start:end]])
+        start = int(end)
+    return [w for w in words if w]
+
+
+def _strings_tensor(name: str, text: str) -> Any:
+    return pb_utils.Tensor(name, np.array([[text.encode("utf-8")]], dtype=np.object_))
+
+
+def _log_prob(entry: Any, token: int) -> float:
+    """A token's log probability from one ``CompletionOutput.logprobs`` entry: a float (TensorRT flow) or a
+    ``{token_id: Logprob}`` dict (PyTorch backend)."""
+    if isinstance(entry, dict):
+        value = entry[token]
+        return float(getattr(value, "logprob", value))
+    return float(entry)
 
 
 def _error(exc: BaseException) -> Any:
@@ -102,21 +156,27 @@ class TritonPythonModel:
     async def _serve(self, request: Any) -> Any:
         """Answer ``request``: through its response sender when decoupled, else return the response."""
         sender = request.get_response_sender() if self.decoupled else None
+        tokens = pb_utils.get_input_tensor_by_name(request, "input_ids") is not None
         try:
-            prompt, sampling, streaming = self._parse(request)
+            prompt, sampling, streaming = self._parse_tokens(request) if tokens else self._parse(request)
             if streaming and sender is None:
                 raise BadRequest("streaming needs a repository generated with streaming (decoupled) enabled")
             result = self.llm.generate_async(prompt, sampling, streaming=streaming)
-            if streaming:
+            if streaming:  # one response per step, the last one flagged final (it may carry no new token)
+                final = False
                 async for output in result:
                     if request.is_cancelled():
                         result.abort()
                         break
-                    sender.send(self._response(request, output.outputs[0], output.outputs[0].text_diff))
-                sender.send(flags=FINAL)
+                    step, final = output.outputs[0], output.finished
+                    response = (self._token_response(step, len(step.token_ids) - len(step.token_ids_diff)) if tokens
+                                else self._response(request, step, step.text_diff))
+                    sender.send(response, flags=FINAL if final else 0)
+                if not final:  # cancelled
+                    sender.send(flags=FINAL)
                 return None
             output = (await result.aresult()).outputs[0]
-            response = self._response(request, output, output.text)
+            response = self._token_response(output, 0) if tokens else self._response(request, output, output.text)
         except Exception as exc:  # every failure becomes that request's error response
             response = _error(exc)
         if sender is not None:
@@ -141,15 +201,59 @@ class TritonPythonModel:
         return prompts[0], SamplingParams(**kwargs), bool(_scalar(request, "streaming"))
 
     @staticmethod
+    def _parse_tokens(request: Any) -> tuple[list[int], Any, bool]:
+        """The token interface: TensorRT-LLM's request tensors -> (prompt ids, SamplingParams, streaming)."""
+        from tensorrt_llm.sampling_params import GuidedDecodingParams, SamplingParams
+
+        ids = _array(request, "input_ids").reshape(-1)
+        length = _scalar(request, "input_lengths")
+        prompt = [int(t) for t in (ids if length is None else ids[:length])]
+        if not prompt:
+            raise BadRequest("input_ids is empty")
+        wanted = _scalar(request, "request_output_len")
+        if wanted is None or wanted <= 0:
+            raise BadRequest(f"request_output_len must be positive, got {wanted}")
+        kwargs = {field: value for name, field in TOKEN_INPUTS.items() if (value := _scalar(request, name)) is not None}
+        words = _words(_array(request, "stop_words_list"))
+        if any(len(word) != 1 for word in words):
+            raise BadRequest("stop_words_list: only single-token stop words are supported by the LLM API")
+        if words:  # kept in the output, as the C++ backend keeps a stop word
+            kwargs |= {"stop_token_ids": [word[0] for word in words], "include_stop_str_in_output": True}
+        if _scalar(request, "return_log_probs"):
+            kwargs["logprobs"] = 1
+        kind = _scalar(request, "guided_decoding_guide_type")
+        if kind not in (None, "", "none"):
+            guide = _scalar(request, "guided_decoding_guide") or ""
+            if kind == "json":
+                kwargs["guided_decoding"] = GuidedDecodingParams(json_object=True)
+            elif kind in GUIDES:
+                kwargs["guided_decoding"] = GuidedDecodingParams(**{GUIDES[kind]: guide})
+            else:
+                raise BadRequest(f"guided_decoding_guide_type must be json, json_schema, regex or ebnf_grammar, "
+                                 f"got {kind!r}")
+        sampling = SamplingParams(max_tokens=wanted, detokenize=False, **kwargs)
+        return prompt, sampling, bool(_scalar(request, "streaming"))
+
+    @staticmethod
+    def _token_response(output: Any, first: int) -> Any:
+        """``output``'s tokens from index ``first`` on (with their log probabilities when they were asked for)."""
+        ids = list(output.token_ids[first:])
+        tensors = [pb_utils.Tensor("output_ids", np.array(ids, dtype=np.int32).reshape(1, 1, -1)),
+                   pb_utils.Tensor("sequence_length", np.array([[len(ids)]], dtype=np.int32))]
+        if output.logprobs:
+            values = [_log_prob(entry, token) for entry, token in zip(output.logprobs[first:], ids, strict=True)]
+            tensors.append(pb_utils.Tensor("output_log_probs", np.array(values, dtype=np.float32).reshape(1, 1, -1)))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    @staticmethod
     def _response(request: Any, output: Any, text: str) -> Any:
-        tensors = [pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_))]
+        tensors = [_strings_tensor("text_output", text)]
         if _scalar(request, "return_finish_reason"):
-            reason = str(output.finish_reason or "")
-            tensors.append(pb_utils.Tensor("finish_reason", np.array([reason.encode()], dtype=np.object_)))
+            tensors.append(_strings_tensor("finish_reason", str(output.finish_reason or "")))
         if _scalar(request, "return_stop_reason"):
             reason = "" if output.stop_reason is None else str(output.stop_reason)
-            tensors.append(pb_utils.Tensor("stop_reason", np.array([reason.encode()], dtype=np.object_)))
+            tensors.append(_strings_tensor("stop_reason", reason))
         if _scalar(request, "return_cumulative_logprob"):
             logprob = float(output.cumulative_logprob or 0.0)
-            tensors.append(pb_utils.Tensor("cumulative_logprob", np.array([logprob], dtype=np.float32)))
+            tensors.append(pb_utils.Tensor("cumulative_logprob", np.array([[logprob]], dtype=np.float32)))
         return pb_utils.InferenceResponse(output_tensors=tensors)

@@ -14,3 +14,16 @@ Dtypes are TensorRT-LLM's strings (``"bfloat16"``, ``"float32"``, ``"fp8"``, ...
 """
 
 __version__ = "1.2.1"
+
+_LAZY = {"LLM": "tensorrt_llm.llmapi", "SamplingParams": "tensorrt_llm.sampling_params",
+         "GuidedDecodingParams": "tensorrt_llm.sampling_params"}
+
+
+def __getattr__(name: str):
+    """``from tensorrt_llm import LLM, SamplingParams``: the LLM API stand-in, imported on first use (as the real
+    package exports them; importing this package stays free of torch)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'tensorrt_llm' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
