@@ -248,8 +248,15 @@ def test_two_node_trtllm_serve_uses_trtllm_llmapi_launch(tmp_path):
     leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
     record = tmp_path / "calls.jsonl"
     env = fake_bin(tmp_path, record, "kubectl", "hunyuan-trtllm", "mpirun") | {"POD_NAME": "hy-0"}
-    calls = run_script(leader["spec"]["containers"][0]["command"], env, record, status=1)
+    volume = tmp_path / "volume"  # the engines volume, relocated: the script writes the LLM-API YAML onto it
+    command = [word.replace("/engines/", f"{volume}/") for word in leader["spec"]["containers"][0]["command"]]
+    engine = Path(command[-1].split("ENGINE=", 1)[1].split()[0].strip("'"))
+    engine.parent.mkdir(parents=True)
+    calls = run_script(command, env, record, status=1)
     mpirun = next(call for call in calls if call[0] == "mpirun")
+    options = Path(mpirun[mpirun.index("--extra_llm_api_options") + 1])  # on the volume, every rank sees it
+    assert options == Path(f"{engine}-llm-api.yaml")
+    assert yaml.safe_load(options.read_text()) == {"guided_decoding_backend": "xgrammar"}
     # our OpenAI endpoint on the pod network in front of rank 0's trtllm-serve on the leader's loopback
     endpoint = next(c for c in calls if c[:2] == ["hunyuan-trtllm", "serve"])
     assert endpoint[endpoint.index("--with") + 1] == "trtllm-serve"

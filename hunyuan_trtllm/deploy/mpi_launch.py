@@ -12,9 +12,10 @@ own from ``$POD_NAME``, set from the pod's metadata.name).
   rank 0 serves HTTP/gRPC/metrics (8001-8003) and the whole repository, the other ranks load only
   ``tensorrt_llm``; the leader runs ``mpirun`` in the background and our OpenAI endpoint on 8000 in front of rank
   0's gRPC (``serve --with triton --triton-grpc``), exiting (non-zero, so the group restarts) when either stops.
-- ``trtllm-serve``: ``trtllm-llmapi-launch trtllm-serve`` on every rank; rank 0 runs the server, on the leader's
-  loopback (8001), and the leader runs our OpenAI endpoint on 8000 in front of it
-  (``serve --with trtllm-serve --trtllm-url``), exiting likewise when either stops.
+- ``trtllm-serve``: ``trtllm-llmapi-launch trtllm-serve`` on every rank, with an ``--extra_llm_api_options`` YAML
+  (xgrammar guided decoding) the leader writes next to the engines; rank 0 runs the server, on the leader's loopback
+  (8001), and the leader runs our OpenAI endpoint on 8000 in front of it (``serve --with trtllm-serve
+  --trtllm-url``), exiting likewise when either stops.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def triton_repo_dir(spec: DeploySpec) -> str:
     return f"{spec.engine_dir}-triton-repo"
 
 
+def llm_api_options_file(spec: DeploySpec) -> str:
+    """trtllm-serve's ``--extra_llm_api_options`` YAML (xgrammar guided decoding), on the shared volume."""
+    return f"{spec.engine_dir}-llm-api.yaml"
+
+
 def tritonserver_rank(rank: int) -> list[str]:
     """A rank's ``tritonserver`` (leader mode): rank 0 is the server, the others only run the engine. Ranks > 0
     load no Python model, so they can share one Python-backend shared-memory prefix."""
@@ -80,6 +86,7 @@ def rank_programs(spec: DeploySpec) -> str:
         return f"{server} : -n {spec.world_size - 1} {_words(tritonserver_rank(1))}"
     serve = ["trtllm-llmapi-launch", "trtllm-serve", "$ENGINE", "--backend", "tensorrt", "--tokenizer",
              "$ENGINE/tokenizer", "--host", "127.0.0.1", "--port", str(TRTLLM_SERVE_PORT),
+             "--extra_llm_api_options", "$LLM_API",
              "--custom_module_dirs", ENGINE_PLUGIN_DIR]  # registers the Hunyuan architectures (trtllm_serve.py)
     return f"-n {spec.world_size} {_words(serve)}"
 
@@ -88,18 +95,20 @@ def leader_script(spec: DeploySpec) -> str:
     """The leader container's shell script: wait for the workers, write the repository (Triton), start MPI."""
     triton = spec.options.backend == "triton"
     lines = ["set -e", f"ENGINE={shlex.quote(spec.engine_dir)}"]
-    lines += [f"REPO={shlex.quote(triton_repo_dir(spec))}"] if triton else []
+    lines += [f"REPO={shlex.quote(triton_repo_dir(spec))}" if triton else
+              f"LLM_API={shlex.quote(llm_api_options_file(spec))}"]
     lines += [f"for pod in {' '.join(worker_pods(spec))}; do",
               f'  until kubectl wait --for=condition=Ready "pod/$pod" --timeout={WAIT_SECONDS}s; do sleep 10; done',
               "done"]
+    if not triton:  # as `serve --with trtllm-serve` writes it for one node: guided decoding through xgrammar
+        lines.append("printf 'guided_decoding_backend: xgrammar\\n' > \"$LLM_API\"")
     if triton:
         lines.append(_words(["hunyuan-trtllm", "triton-repo", "$ENGINE", "-o", "$REPO", "--flavor", "engine",
                              "--tokenizer", "$ENGINE/tokenizer", "--overwrite"]))
     mpirun = (f"mpirun --allow-run-as-root --bind-to none --mca plm_rsh_agent kubessh "
               f"--host {mpi_hosts(spec)} {rank_programs(spec)}")
     behind = (["--with", "triton", "--triton-grpc", f"127.0.0.1:{GRPC_PORT}"] if triton else
-              ["--with", "trtllm-serve", "--trtllm-url", f"http://127.0.0.1:{TRTLLM_SERVE_PORT}",
-               "--no-guided-decoding"])  # the ranks run without an LLM-API YAML, so without xgrammar
+              ["--with", "trtllm-serve", "--trtllm-url", f"http://127.0.0.1:{TRTLLM_SERVE_PORT}"])
     endpoint = ["hunyuan-trtllm", "serve", "$ENGINE", *behind, "--tokenizer", "$ENGINE/tokenizer",
                 "--host", "0.0.0.0", "--port", str(HTTP_PORT), "--ready-timeout", str(spec.options.startup_timeout_s)]
     lines += [f"{mpirun} &", "MPI=$!", f"{_words(endpoint)} &", "API=$!",
