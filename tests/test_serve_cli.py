@@ -145,6 +145,10 @@ def test_missing_binaries_and_unservable_inputs(tiny_models, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "config.json").write_text(json.dumps({"architecture": "HunYuanMoEV1ForCausalLM", "mapping": {}}))
+    for flags in (["--with", "triton", "--trtllm-url", "http://127.0.0.1:8001"],
+                  ["--triton-grpc", "127.0.0.1:8002"], ["--dry-run", "--trtllm-url", "http://x"]):
+        result = runner.invoke(cli, ["serve", str(tiny_models["a13b"]), *flags])
+        assert result.exit_code == 2 and "use it with --with" in result.stderr, flags
     result = runner.invoke(cli, ["serve", str(ckpt), "--with", "triton"])
     assert result.exit_code == 2 and "--dry-run" in result.stderr
 

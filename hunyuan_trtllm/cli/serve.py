@@ -139,6 +139,10 @@ def serve(source: Path, runner: str, dry_run: bool, host: str, port: int, model_
     from hunyuan_trtllm.serve.launch import check_listen
     from hunyuan_trtllm.serve.trtllm_serve import ServeOptions
 
+    if trtllm_url is not None and (dry_run or runner != "trtllm-serve"):
+        raise UserError("--trtllm-url fronts a running trtllm-serve: use it with --with trtllm-serve")
+    if triton_grpc is not None and (dry_run or runner != "triton"):
+        raise UserError("--triton-grpc fronts a running Triton: use it with --with triton")
     if dry_run or (runner == "triton" and triton_grpc is not None):  # no server of ours behind the endpoint
         check_listen(host, [port])
     elif runner == "triton":
