@@ -155,3 +155,13 @@ def test_metrics_and_reasoning_fields_on_this_path(stack, client):
         metrics = response.read().decode()
     assert 'hunyuan_requests_total{endpoint="chat",status="200"}' in metrics
     assert 'hunyuan_requests_total{endpoint="chat",status="400"}' in metrics
+
+
+def test_a_seed_reproduces_a_sample_and_no_seed_draws_a_new_one(client):
+    request = {"model": MODEL, "prompt": "hello there", "max_tokens": 12, "temperature": 1.0, "top_p": 1.0,
+               "extra_body": {"top_k": 0}}
+    seeded = [client.completions.create(**request, seed=7).choices[0].text for _ in range(2)]
+    assert seeded[0] == seeded[1]
+    # TensorRT-LLM seeds a request without one with 0: the endpoint sends a random seed instead
+    unseeded = {client.completions.create(**request).choices[0].text for _ in range(3)}
+    assert len(unseeded) > 1

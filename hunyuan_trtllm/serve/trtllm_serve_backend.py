@@ -7,16 +7,17 @@ each request is one streaming ``POST /v1/completions`` whose ``prompt`` is the t
 trtllm-serve's ``CompletionRequest.detokenize``, TensorRT-LLM PR #5382, in 1.0 and later).
 
 Only fields of 1.2.x's ``CompletionRequest`` are sent (it forbids unknown ones): ``max_tokens``, ``temperature``,
-``top_p``, ``top_k``, ``seed``, ``stop_token_ids``, the three penalties, ``response_format`` for guided decoding
-(``json`` with ``schema``, ``json_object``, ``regex``, ``ebnf``; the server runs with
-``guided_decoding_backend: xgrammar``). Log probabilities are not offered on this path: 1.2.x's completions
-endpoint refuses ``logprobs`` on the versions read, so the endpoint answers them with a 400 (serve with
-``--with triton`` for them).
+``top_p``, ``top_k``, ``seed`` (a random one when the request has none, as for Triton), ``stop_token_ids``, the
+three penalties, ``response_format`` for guided decoding (``json`` with ``schema``, ``json_object``, ``regex``,
+``ebnf``; the server runs with ``guided_decoding_backend: xgrammar``). Log probabilities are not offered on this
+path: 1.2.x's completions endpoint refuses ``logprobs`` on the versions read, so the endpoint answers them with a
+400 (serve with ``--with triton`` for them). A 4xx from trtllm-serve is a 400 to the client, with its message.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -50,8 +51,8 @@ def completion_body(model: str, prompt_ids: list[int], params: GenerationParams)
         "repetition_penalty": params.repetition_penalty, "presence_penalty": params.presence_penalty,
         "frequency_penalty": params.frequency_penalty,
     }
-    if params.seed is not None:
-        body["seed"] = params.seed
+    # TensorRT-LLM seeds each request with 0 when it has none: the same prompt would always draw the same sample
+    body["seed"] = params.seed if params.seed is not None else secrets.randbits(63)
     if params.guide is not None:
         body["response_format"] = response_format(params.guide)
     return body
