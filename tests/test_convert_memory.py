@@ -6,10 +6,11 @@ import json
 
 import torch
 
+from hunyuan_trtllm.checkpoints.hf_shapes import hf_shape
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.safetensors_io import OutputEntry, save_file_streaming
 from hunyuan_trtllm.checkpoints.spec import parse_spec
-from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, hf_shape
+from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan
 
 from .conftest import measure_rss
 

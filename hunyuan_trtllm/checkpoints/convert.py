@@ -34,6 +34,7 @@ from hunyuan_trtllm import __version__
 from hunyuan_trtllm.checkpoints.file_io import DEFAULT_WRITE_MODE
 from hunyuan_trtllm.checkpoints.fp8 import fp8_plan, quantization_config, source_scales
 from hunyuan_trtllm.checkpoints.fp8_scales import Fp8Scales
+from hunyuan_trtllm.checkpoints.hf_shapes import hf_shape
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.output_dir import (
     check_not_an_input,
@@ -61,7 +62,7 @@ from hunyuan_trtllm.checkpoints.safetensors_io import (
 )
 from hunyuan_trtllm.checkpoints.source import Read, SourceCheckpoint, open_source
 from hunyuan_trtllm.checkpoints.trtllm_config import DTYPE_STRINGS, MTP_DIR, trtllm_config
-from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, hf_shape
+from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan
 from hunyuan_trtllm.errors import CheckpointError, UserError
 
 MANIFEST = "manifest.json"

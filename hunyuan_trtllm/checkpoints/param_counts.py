@@ -6,9 +6,10 @@ import math
 
 import torch
 
+from hunyuan_trtllm.checkpoints.hf_shapes import hf_shape
 from hunyuan_trtllm.checkpoints.mapping import Mapping
 from hunyuan_trtllm.checkpoints.spec import ModelSpec
-from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan, hf_shape
+from hunyuan_trtllm.checkpoints.weight_plan import WeightPlan
 
 
 def parameter_counts(spec: ModelSpec) -> tuple[int, int]:
