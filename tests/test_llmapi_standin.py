@@ -82,7 +82,7 @@ def test_greedy_streaming_logprobs_and_stop_words(llm, trtllm, tiny_models, tmp_
 
 
 def test_guided_json(llm, trtllm) -> None:
-    pytest.importorskip("xgrammar")
+    pytest.importorskip("xgrammar", reason="xgrammar (guided decoding on CPU) is not installed")
     from tensorrt_llm.sampling_params import GuidedDecodingParams
 
     schema = {"type": "object", "properties": {"n": {"type": "integer", "enum": [1, 2]}}, "required": ["n"]}

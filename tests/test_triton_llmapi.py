@@ -131,7 +131,7 @@ def test_token_interface_equals_stepwise_argmax(llmapi, executor, tokenizer) -> 
 
 # ---- serve --with triton on an HF checkpoint: the OpenAI endpoint in front ----------------------------------
 def test_openai_chat_logprobs_and_refusals(endpoint, executor, tokenizer) -> None:
-    openai = pytest.importorskip("openai")
+    openai = pytest.importorskip("openai", reason="the official openai client comes with the test extra")
     client = openai.OpenAI(base_url=f"{endpoint}/v1", api_key="none")
     messages = [{"role": "user", "content": "你好，Triton"}]
     prompt = tokenizer.encode(tokenizer.render_chat(messages))
@@ -153,9 +153,9 @@ def test_openai_chat_logprobs_and_refusals(endpoint, executor, tokenizer) -> Non
 
 
 def test_openai_json_schema_through_guided_decoding(endpoint) -> None:
-    openai = pytest.importorskip("openai")
+    openai = pytest.importorskip("openai", reason="the official openai client comes with the test extra")
     pytest.importorskip("xgrammar", reason="xgrammar (guided decoding on CPU) is not installed")
-    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (validates the answer) comes with the test extra")
     client = openai.OpenAI(base_url=f"{endpoint}/v1", api_key="none")
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "enum": [1, 2]}},
               "required": ["ok", "n"], "additionalProperties": False}

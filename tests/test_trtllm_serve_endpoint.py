@@ -28,7 +28,7 @@ from hunyuan_trtllm.reference.executor import ReferenceExecutor
 from tests.standin import FAKE_TRTLLM
 from tests.test_serve_cli import free_port
 
-openai = pytest.importorskip("openai")
+openai = pytest.importorskip("openai", reason="the official openai client comes with the test extra")
 pytest.importorskip("xgrammar", reason="xgrammar (guided decoding on CPU) is not installed")
 
 MODEL = "hunyuan-tiny"
@@ -117,7 +117,7 @@ def test_greedy_tokens_equal_the_reference_executor(client, tiny_models, tmp_pat
 
 
 def test_json_schema_through_trtllm_serve_guided_decoding(client):
-    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (validates the answer) comes with the test extra")
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "enum": [1, 2]}},
               "required": ["ok", "n"], "additionalProperties": False}
     reply = client.chat.completions.create(

@@ -57,11 +57,11 @@ def _limits(repo: Path) -> tuple[int, int]:
     if meta["flavor"] == "engine":
         facts = read_engine_facts(source)
         return facts.max_input_len, facts.max_seq_len
-    if meta["flavor"] == "llmapi":  # the LLM's max_seq_len, else the model's context
+    if meta["flavor"] == "llmapi":  # the PyTorch backend's limits, as for trtllm-serve, from the LLM's arguments
         settings = yaml.safe_load((repo / "tensorrt_llm" / "1" / "model.yaml").read_text(encoding="utf-8"))
-        limit = settings.get("max_seq_len") or json.loads((source / "config.json").read_text())[
-            "max_position_embeddings"]
-        return int(limit) - 1, int(limit)
+        options = ServeOptions(max_seq_len=settings.get("max_seq_len"),
+                               max_num_tokens=settings.get("max_num_tokens", ServeOptions.max_num_tokens))
+        return serving_limits(detect_target(source), options)
     where = repo / "tensorrt_llm" / "config.pbtxt"
     params = parse(where.read_text(), str(where)).parameters
     return int(params["max_input_len"].string_value), int(params["max_seq_len"].string_value)
